@@ -1,0 +1,84 @@
+"""``phantom``, ``data-info`` and ``split`` subcommands."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from monai_breastlt.data import (
+    SECTIONS,
+    generate_phantom,
+    load_datalist_file,
+    long_tail_profile,
+    prepare_split,
+    read_busbra,
+    read_csv_datalist,
+    scan_class_folder,
+)
+
+
+def load_any(source: str, min_count: int = 0) -> tuple[dict[str, list[dict]], list[str]]:
+    """Entries of a datalist JSON, a folder holding ``datalist.json``, a BUS-BRA folder, a CSV or a class folder."""
+    path = Path(source)
+    if path.is_dir() and (path / "datalist.json").is_file():
+        path = path / "datalist.json"
+    if path.suffix == ".json":
+        doc = load_datalist_file(path)
+        return {k: v for k, v in doc.items() if isinstance(v, list) and k != "classes"}, doc["classes"]
+    if path.suffix == ".csv":
+        items, classes = read_csv_datalist(path)
+    elif path.is_dir() and (path / "bus_data.csv").is_file():
+        items, classes = read_busbra(path, min_count=min_count)
+    else:
+        items, classes = scan_class_folder(path)
+    return {"all": items}, classes
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("phantom", help="write the built-in long-tailed ultrasound phantom (images, masks, datalist)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--head-count", type=int, default=200, help="images of the largest class")
+    p.add_argument("--imbalance-ratio", type=float, default=50.0, help="largest / smallest class count")
+    p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run_phantom)
+
+    p = sub.add_parser("data-info", help="print the long-tail profile of a data folder, CSV or datalist")
+    p.add_argument("source", help="datalist JSON, folder with datalist.json, BUS-BRA folder, CSV or ROOT/<class>/ folder")
+    p.add_argument("--min-count", type=int, default=0, help="merge classes with fewer images into 'other' (BUS-BRA)")
+    p.add_argument("--head-ratio", type=float, default=0.5, help="head: count >= head_ratio * max")
+    p.add_argument("--tail-ratio", type=float, default=0.1, help="tail: count <= tail_ratio * max")
+    p.set_defaults(func=run_data_info)
+
+    p = sub.add_parser("split", help="write a stratified, patient-grouped train/validation/test datalist once")
+    p.add_argument("source", help="as for data-info")
+    p.add_argument("--out", required=True, help="datalist JSON to write (reused if it exists with the same settings)")
+    p.add_argument("--fractions", type=float, nargs=3, default=(0.7, 0.15, 0.15))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--min-count", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=run_split)
+
+
+def run_phantom(args: argparse.Namespace) -> int:
+    path = generate_phantom(args.out, args.head_count, args.imbalance_ratio, args.image_size, args.seed)
+    print(f"phantom written to {args.out}; datalist: {path}")
+    return 0
+
+
+def run_data_info(args: argparse.Namespace) -> int:
+    sections, classes = load_any(args.source, args.min_count)
+    everything = [i for items in sections.values() for i in items]
+    prof = long_tail_profile([i["label"] for i in everything], classes, args.head_ratio, args.tail_ratio)
+    print(prof.format_table())
+    if set(sections) & set(SECTIONS):
+        print("\nper split: " + ", ".join(f"{k} {len(v)}" for k, v in sections.items()))
+    return 0
+
+
+def run_split(args: argparse.Namespace) -> int:
+    sections, classes = load_any(args.source, args.min_count)
+    items = [i for v in sections.values() for i in v]
+    doc = prepare_split(items, classes, args.out, tuple(args.fractions), args.seed, overwrite=args.overwrite)
+    print(f"{args.out}: " + ", ".join(f"{k} {len(doc[k])}" for k in SECTIONS))
+    return 0

@@ -1,0 +1,21 @@
+from __future__ import annotations
+
+from .datalist import (
+    IMAGE_EXTENSIONS,
+    SECTIONS,
+    deduplicate_by_hash,
+    is_image_file,
+    items_labels,
+    load_datalist,
+    load_datalist_file,
+    merge_rare_classes,
+    read_csv_datalist,
+    scan_class_folder,
+    validate_items,
+    write_csv_datalist,
+    write_datalist,
+)
+from .phantom import DEFAULT_SUBTYPES, LesionSubtype, generate_phantom, long_tail_counts, render_phantom
+from .profile import LongTailProfile, long_tail_groups, long_tail_profile
+from .public import read_busbra, read_busi
+from .split import long_tail_subsample, prepare_split, stratified_group_split

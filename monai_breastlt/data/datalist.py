@@ -1,0 +1,356 @@
+"""Datalists: scan image folders, read/write MONAI datalist JSON and CSV, validate entries.
+
+An entry is a dict with ``image`` (path), ``label`` (int index into the class list), ``class_name``,
+``source`` (``"real"`` or ``"synthetic"``) and optionally ``mask`` (a path, or a list of paths that are
+merged), ``group`` (patient id: one patient never spans two splits) and any extra metadata.
+A datalist file is MONAI's decathlon layout plus the class list::
+
+    {"classes": ["cyst", ...], "training": [...], "validation": [...], "test": [...]}
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from monai_breastlt.utils import atomic_open, atomic_write_json, read_json
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "SECTIONS",
+    "is_image_file",
+    "scan_class_folder",
+    "load_datalist",
+    "load_datalist_file",
+    "write_datalist",
+    "read_csv_datalist",
+    "write_csv_datalist",
+    "validate_items",
+    "deduplicate_by_hash",
+    "merge_rare_classes",
+    "items_labels",
+]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
+SECTIONS = ("training", "validation", "test")
+_PATH_KEYS = ("image", "mask", "sketch")
+_MASK_RE = re.compile(r"^(?P<stem>.+)_mask(_\d+)?$")
+
+
+def _split_ext(name: str) -> tuple[str, str]:
+    """``"a.nii.gz" -> ("a", ".nii.gz")``; the extension is lower-cased."""
+    lower = name.lower()
+    for ext in sorted(IMAGE_EXTENSIONS, key=len, reverse=True):
+        if lower.endswith(ext):
+            return name[: -len(ext)], ext
+    return os.path.splitext(name)[0], os.path.splitext(name)[1].lower()
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` has one of :data:`IMAGE_EXTENSIONS`."""
+    return _split_ext(Path(path).name)[1] in IMAGE_EXTENSIONS
+
+
+def scan_class_folder(
+    root: str | os.PathLike, classes: Sequence[str] | None = None, mask_suffix: str = "_mask"
+) -> tuple[list[dict], list[str]]:
+    """Read a BUSI-style folder ``ROOT/<class>/<name>.<ext>`` with optional masks ``<name>_mask[_N].<ext>``.
+
+    Several masks of one image (``_mask``, ``_mask_1``, ...) are returned as a list under ``mask``; the
+    loading transforms merge them. Classes are the sub-folder names in sorted order unless given.
+
+    Args:
+        root: the data folder.
+        classes: class names in label order; each must be a sub-folder. Default: all sub-folders, sorted.
+        mask_suffix: suffix that marks a mask file.
+
+    Raises:
+        FileNotFoundError: ``root`` or a named class folder does not exist.
+        ValueError: no class folders, or a class folder holds no images.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: data folder not found (expected ROOT/<class>/<image files>).")
+    found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if classes is None:
+        classes = found
+    if not classes:
+        raise ValueError(f"{root}: no class sub-folders found (expected ROOT/<class>/<image files>).")
+    mask_re = re.compile(rf"^(?P<stem>.+){re.escape(mask_suffix)}(_\d+)?$")
+    items: list[dict] = []
+    for label, name in enumerate(classes):
+        folder = root / name
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder}: class folder '{name}' not found under {root}.")
+        images: dict[str, Path] = {}
+        masks: dict[str, list[Path]] = {}
+        for f in sorted(folder.iterdir()):
+            if not f.is_file() or not is_image_file(f):
+                continue
+            stem, _ = _split_ext(f.name)
+            m = mask_re.match(stem)
+            if m:
+                masks.setdefault(m.group("stem"), []).append(f)
+            else:
+                images[stem] = f
+        if not images:
+            raise ValueError(f"{folder}: class '{name}' has no images (extensions {', '.join(IMAGE_EXTENSIONS)}).")
+        orphans = sorted(set(masks) - set(images))
+        if orphans:
+            raise ValueError(f"{folder}: mask files without an image: {', '.join(orphans[:5])}.")
+        for stem, path in images.items():
+            item: dict[str, Any] = {"image": str(path), "label": label, "class_name": name, "source": "real"}
+            if stem in masks:
+                ms = [str(p) for p in masks[stem]]
+                item["mask"] = ms[0] if len(ms) == 1 else ms
+            items.append(item)
+    return items, list(classes)
+
+
+def _resolve(item: dict, base: Path) -> dict:
+    out = dict(item)
+    for k in _PATH_KEYS:
+        v = out.get(k)
+        if isinstance(v, str) and v and not os.path.isabs(v):
+            out[k] = str(base / v)
+        elif isinstance(v, list):
+            out[k] = [str(base / p) if not os.path.isabs(p) else p for p in v]
+    return out
+
+
+def _relativize(item: dict, base: Path) -> dict:
+    out = dict(item)
+    for k in _PATH_KEYS:
+        v = out.get(k)
+        if isinstance(v, str) and v:
+            out[k] = _rel(v, base)
+        elif isinstance(v, list):
+            out[k] = [_rel(p, base) for p in v]
+    return out
+
+
+def _rel(path: str, base: Path) -> str:
+    try:
+        return os.path.relpath(path, base)
+    except ValueError:  # another drive on Windows
+        return path
+
+
+def write_datalist(
+    path: str | os.PathLike, sections: dict[str, list[dict]], classes: Sequence[str], **extra: Any
+) -> Path:
+    """Write a datalist JSON atomically; paths are stored relative to the file's folder.
+
+    Args:
+        path: destination ``.json``.
+        sections: e.g. ``{"training": [...], "validation": [...], "test": [...]}``.
+        classes: class names in label order.
+        extra: further top-level keys (e.g. the split settings) kept for provenance.
+    """
+    path = Path(path)
+    base = path.parent.resolve()
+    doc: dict[str, Any] = {"classes": list(classes), **extra}
+    for name, items in sections.items():
+        doc[name] = [_relativize(i, base) for i in items]
+    atomic_write_json(doc, path)
+    return path
+
+
+def load_datalist_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and validate a whole datalist JSON: ``classes`` plus any of the sections, paths made absolute."""
+    path = Path(path)
+    doc = read_json(path)
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path}: expected a JSON object with 'classes' and sections {SECTIONS}.")
+    classes = doc.get("classes")
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise ValueError(f"{path}: missing or invalid 'classes' (expected a non-empty list of class names).")
+    sections = [k for k, v in doc.items() if isinstance(v, list) and k != "classes"]
+    if not sections:
+        raise ValueError(f"{path}: no data sections (expected at least one of {SECTIONS}).")
+    base = path.parent.resolve()
+    for s in sections:
+        doc[s] = validate_items([_resolve(i, base) if isinstance(i, dict) else i for i in doc[s]], classes, f"{path}[{s}]")
+    return doc
+
+
+def load_datalist(path: str | os.PathLike, section: str = "training") -> tuple[list[dict], list[str]]:
+    """Return ``(items, classes)`` of one section of a datalist JSON.
+
+    Raises:
+        KeyError: the section is missing (the message lists those present).
+    """
+    doc = load_datalist_file(path)
+    if section not in doc:
+        present = [k for k, v in doc.items() if isinstance(v, list) and k != "classes"]
+        raise KeyError(f"{path}: section '{section}' not found (present: {', '.join(present)}).")
+    return doc[section], doc["classes"]
+
+
+def validate_items(items: Iterable[Any], classes: Sequence[str], where: str = "datalist", check_files: bool = False) -> list[dict]:
+    """Check entries: required keys, label range, class name agreement, duplicates, optional file existence.
+
+    Fills ``class_name`` from the label and ``source`` with ``"real"`` when absent. A label may be given as
+    a class name; it is converted to its index.
+
+    Raises:
+        ValueError: with ``where``, the entry index and the field at fault.
+    """
+    out: list[dict] = []
+    seen: dict[str, int] = {}
+    index = {c: i for i, c in enumerate(classes)}
+    for n, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise ValueError(f"{where}: entry {n} is {type(item).__name__}, expected an object with 'image' and 'label'.")
+        for key in ("image", "label"):
+            if key not in item:
+                raise ValueError(f"{where}: entry {n} has no '{key}' field (keys present: {sorted(item)}).")
+        item = dict(item)
+        label = item["label"]
+        if isinstance(label, str):
+            if label not in index:
+                raise ValueError(f"{where}: entry {n} ({item['image']}): label '{label}' is not in the class list {list(classes)}.")
+            label = index[label]
+        if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < len(classes):
+            raise ValueError(
+                f"{where}: entry {n} ({item['image']}): label {label!r} is not a class index in [0, {len(classes) - 1}]."
+            )
+        item["label"] = label
+        name = item.setdefault("class_name", classes[label])
+        if name != classes[label]:
+            raise ValueError(
+                f"{where}: entry {n} ({item['image']}): class_name '{name}' disagrees with label {label} ('{classes[label]}')."
+            )
+        source = item.setdefault("source", "real")
+        if source not in ("real", "synthetic"):
+            raise ValueError(f"{where}: entry {n} ({item['image']}): source '{source}' is not 'real' or 'synthetic'.")
+        key = str(item["image"])
+        if key in seen:
+            raise ValueError(f"{where}: duplicate entry for image {key} (entries {seen[key]} and {n}).")
+        seen[key] = n
+        if check_files:
+            for k in _PATH_KEYS:
+                paths = item.get(k)
+                for p in [paths] if isinstance(paths, str) else paths or []:
+                    if not os.path.isfile(p):
+                        raise FileNotFoundError(f"{where}: entry {n}: {k} file {p} does not exist.")
+        out.append(item)
+    return out
+
+
+def read_csv_datalist(
+    path: str | os.PathLike,
+    image_col: str = "image",
+    label_col: str = "label",
+    mask_col: str | None = None,
+    group_col: str | None = None,
+    classes: Sequence[str] | None = None,
+    image_dir: str | os.PathLike | None = None,
+    mask_dir: str | os.PathLike | None = None,
+    image_template: str = "{}",
+    mask_template: str = "{}",
+) -> tuple[list[dict], list[str]]:
+    """Read a CSV (one image per row) into entries.
+
+    Args:
+        path: the CSV file.
+        image_col, label_col: column names of the image file (or id) and of the class name.
+        mask_col, group_col: optional columns for the mask file and the patient/group id.
+        classes: class names in label order; default: sorted by decreasing count, then name.
+        image_dir, mask_dir: folders that relative file names are joined to (default: the CSV's folder).
+        image_template, mask_template: format strings applied to the column value, e.g. ``"{}.png"``.
+
+    Raises:
+        ValueError: a required column is missing (the message names the present columns), or a label is
+            not in ``classes``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: CSV file not found.")
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise ValueError(f"{path}: the CSV has no rows.")
+    for col in (image_col, label_col, mask_col, group_col):
+        if col is not None and col not in rows[0]:
+            raise ValueError(f"{path}: column '{col}' not found (columns: {', '.join(rows[0])}).")
+    if classes is None:
+        counts = Counter(r[label_col] for r in rows)
+        classes = sorted(counts, key=lambda c: (-counts[c], c))
+    img_base = Path(image_dir) if image_dir is not None else path.parent
+    mask_base = Path(mask_dir) if mask_dir is not None else path.parent
+    items = []
+    for r in rows:
+        item: dict[str, Any] = {"image": str(img_base / image_template.format(r[image_col])), "label": r[label_col]}
+        if mask_col is not None and r[mask_col]:
+            item["mask"] = str(mask_base / mask_template.format(r[mask_col]))
+        if group_col is not None:
+            item["group"] = r[group_col]
+        items.append(item)
+    return validate_items(items, classes, str(path)), list(classes)
+
+
+def write_csv_datalist(path: str | os.PathLike, items: Sequence[dict]) -> Path:
+    """Write entries as CSV (atomically); list-valued fields are joined with ``;``."""
+    path = Path(path)
+    cols: list[str] = []
+    for i in items:
+        cols += [k for k in i if k not in cols]
+    with atomic_open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        for i in items:
+            w.writerow({k: ";".join(map(str, v)) if isinstance(v, list) else v for k, v in i.items()})
+    return path
+
+
+def deduplicate_by_hash(items: Sequence[dict]) -> tuple[list[dict], list[tuple[str, str]]]:
+    """Drop entries whose image bytes equal an earlier entry's (BUSI has such pairs, even across classes).
+
+    Returns:
+        the kept entries and the ``(dropped, kept)`` path pairs.
+    """
+    seen: dict[str, str] = {}
+    kept, dropped = [], []
+    for item in items:
+        with open(item["image"], "rb") as f:
+            digest = hashlib.sha1(f.read()).hexdigest()
+        if digest in seen:
+            dropped.append((item["image"], seen[digest]))
+            continue
+        seen[digest] = item["image"]
+        kept.append(item)
+    return kept, dropped
+
+
+def merge_rare_classes(
+    items: Sequence[dict], classes: Sequence[str], min_count: int, other_name: str = "other"
+) -> tuple[list[dict], list[str]]:
+    """Merge every class with fewer than ``min_count`` entries into one ``other_name`` class (placed last).
+
+    Report this merge wherever results are given: it changes what the tail means.
+    """
+    counts = Counter(i["label"] for i in items)
+    keep = [c for i, c in enumerate(classes) if counts.get(i, 0) >= min_count]
+    rare = [c for i, c in enumerate(classes) if counts.get(i, 0) < min_count and counts.get(i, 0) > 0]
+    if not rare:
+        return [dict(i) for i in items], list(classes)
+    new_classes = keep + [other_name]
+    index = {c: n for n, c in enumerate(new_classes)}
+    out = []
+    for i in items:
+        name = classes[i["label"]]
+        new_name = name if name in index else other_name
+        out.append({**i, "label": index[new_name], "class_name": new_name, "original_class": name})
+    return out, new_classes
+
+
+def items_labels(items: Sequence[dict]) -> list[int]:
+    """The integer labels of entries, in order."""
+    return [int(i["label"]) for i in items]

@@ -1,0 +1,51 @@
+"""Readers for the public breast-ultrasound sets (BUS-BRA, BUSI) into the package's datalist entries."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from monai_breastlt.data.datalist import deduplicate_by_hash, merge_rare_classes, read_csv_datalist, scan_class_folder
+
+__all__ = ["read_busbra", "read_busi"]
+
+
+def read_busbra(
+    root: str | os.PathLike, label_column: str = "Histology", min_count: int = 0, other_name: str = "other"
+) -> tuple[list[dict], list[str]]:
+    """Read BUS-BRA (``bus_data.csv``, ``Images/``, ``Masks/``): one entry per image, grouped by patient (``Case``).
+
+    Args:
+        root: the BUS-BRA folder.
+        label_column: ``Histology`` (27 subtypes, long-tailed), ``Pathology`` or ``BIRADS``.
+        min_count: subtypes with fewer images are merged into ``other_name`` (0: keep all). Say so in results.
+        other_name: the merged class's name.
+    """
+    root = Path(root)
+    csv_path = root / "bus_data.csv"
+    items, classes = read_csv_datalist(
+        csv_path,
+        image_col="ID",
+        label_col=label_column,
+        mask_col="ID",
+        group_col="Case",
+        image_dir=root / "Images",
+        mask_dir=root / "Masks",
+        image_template="{}.png",
+        mask_template="{}.png",
+    )
+    for item in items:  # masks are named mask_XXXX-s.png for image bus_XXXX-s.png
+        name = Path(item["mask"]).name.replace("bus_", "mask_", 1)
+        item["mask"] = str(root / "Masks" / name)
+        item["group"] = f"busbra_{item['group']}"
+    if min_count > 0:
+        items, classes = merge_rare_classes(items, classes, min_count, other_name)
+    return items, classes
+
+
+def read_busi(root: str | os.PathLike, deduplicate: bool = True) -> tuple[list[dict], list[str]]:
+    """Read BUSI (``<class>/<class> (N).png``, masks optional), dropping byte-identical duplicates."""
+    items, classes = scan_class_folder(root)
+    if deduplicate:
+        items, _ = deduplicate_by_hash(items)
+    return items, classes

@@ -1,0 +1,124 @@
+"""Stratified, patient-aware train/validation/test splits, written once and reused by both phases."""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from monai_breastlt.data.datalist import SECTIONS, load_datalist_file, validate_items, write_datalist
+
+__all__ = ["stratified_group_split", "long_tail_subsample", "prepare_split"]
+
+
+def stratified_group_split(
+    items: Sequence[dict],
+    fractions: Sequence[float] = (0.7, 0.15, 0.15),
+    seed: int = 0,
+    group_key: str | None = "group",
+    names: Sequence[str] = SECTIONS,
+) -> dict[str, list[dict]]:
+    """Split entries per class in the given fractions, keeping each group (patient) in one split.
+
+    Groups are assigned whole, class by class (a group's class is its most frequent label), to the split
+    whose share of that class lags its target most; a class with at least as many groups as splits gets
+    one group in every split. Deterministic for a seed.
+
+    Args:
+        items: entries with ``label`` and optionally ``group_key``.
+        fractions: target fraction per split, in ``names`` order; must sum to 1.
+        seed: seed of the shuffling.
+        group_key: entry field of the patient id; entries without it are their own group. ``None``: no groups.
+        names: split names.
+    """
+    fractions = np.asarray(fractions, dtype=float)
+    if len(fractions) != len(names) or np.any(fractions < 0) or not np.isclose(fractions.sum(), 1.0):
+        raise ValueError(f"fractions {list(fractions)} must be {len(names)} non-negative numbers summing to 1.")
+    if not items:
+        raise ValueError("cannot split an empty dataset.")
+    groups: dict[str, list[int]] = defaultdict(list)
+    for n, item in enumerate(items):
+        g = item.get(group_key) if group_key else None
+        groups[f"g:{g}" if g is not None else f"i:{n}"].append(n)
+    by_class: dict[int, list[str]] = defaultdict(list)
+    for g, idx in groups.items():
+        labels = [items[i]["label"] for i in idx]
+        by_class[max(set(labels), key=lambda lab: (labels.count(lab), -lab))].append(g)
+    rng = np.random.default_rng(seed)
+    out: dict[str, list[dict]] = {name: [] for name in names}
+    # fill order for the first groups of a class: the largest split first, then the others by size
+    order = list(np.argsort(-fractions, kind="stable"))
+    for label in sorted(by_class):
+        gs = sorted(by_class[label])
+        rng.shuffle(gs)
+        total = sum(len(groups[g]) for g in gs)
+        have = np.zeros(len(names))
+        for k, g in enumerate(gs):
+            if k < len(order) and fractions[order[k]] > 0 and len(gs) >= len(names):
+                s = order[k]
+            else:
+                s = int(np.argmax(fractions * total - have))
+            have[s] += len(groups[g])
+            out[names[s]].extend(items[i] for i in groups[g])
+    return out
+
+
+def long_tail_subsample(
+    items: Sequence[dict], imbalance_ratio: float, seed: int = 0, num_classes: int | None = None
+) -> list[dict]:
+    """Subsample a training split exponentially so that ``max count / min count == imbalance_ratio``.
+
+    The CIFAR-LT protocol: classes ordered by their real count (largest first) keep
+    ``n_max * imbalance_ratio ** (-rank / (C - 1))`` entries. Validation and test splits stay untouched.
+    """
+    if imbalance_ratio < 1:
+        raise ValueError(f"imbalance_ratio must be >= 1, got {imbalance_ratio}.")
+    by_class: dict[int, list[dict]] = defaultdict(list)
+    for item in items:
+        by_class[item["label"]].append(item)
+    labels = sorted(by_class, key=lambda c: (-len(by_class[c]), c))
+    c_total = num_classes or len(labels)
+    n_max = len(by_class[labels[0]])
+    rng = np.random.default_rng(seed)
+    out = []
+    for rank, label in enumerate(labels):
+        keep = max(1, int(round(n_max * imbalance_ratio ** (-rank / max(c_total - 1, 1)))))
+        pool = by_class[label]
+        chosen = sorted(rng.permutation(len(pool))[: min(keep, len(pool))])
+        out.extend(pool[i] for i in chosen)
+    return out
+
+
+def prepare_split(
+    items: Sequence[dict],
+    classes: Sequence[str],
+    path: str | os.PathLike,
+    fractions: Sequence[float] = (0.7, 0.15, 0.15),
+    seed: int = 0,
+    group_key: str | None = "group",
+    overwrite: bool = False,
+) -> dict:
+    """Write the split datalist once; later calls with the same settings reuse the file.
+
+    Both phases call this with the same ``path``, so synthesis never sees the classification test images.
+
+    Raises:
+        ValueError: the file exists but was made with other settings or classes (pass ``overwrite=True``).
+    """
+    path = Path(path)
+    settings = {"seed": int(seed), "fractions": [float(f) for f in fractions], "group_key": group_key}
+    if path.exists() and not overwrite:
+        doc = load_datalist_file(path)
+        if doc.get("split") != settings or doc["classes"] != list(classes):
+            raise ValueError(
+                f"{path}: existing split was made with {doc.get('split')} and classes {doc['classes']}, "
+                f"not {settings} and {list(classes)}; delete it or pass overwrite=True."
+            )
+        return doc
+    items = validate_items(items, classes, str(path))
+    sections = stratified_group_split(items, fractions, seed, group_key)
+    write_datalist(path, sections, classes, split=settings)
+    return load_datalist_file(path)

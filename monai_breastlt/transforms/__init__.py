@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+from .preprocess import (
+    EnsureGrayscale,
+    EnsureGrayscaled,
+    EnsureGrayscaleD,
+    EnsureGrayscaleDict,
+    ValidateUltrasoundd,
+    ValidateUltrasoundD,
+    ValidateUltrasoundDict,
+    ultrasound_preprocessing,
+)
+from .sketch import (
+    ExtractSketch,
+    ExtractSketchd,
+    ExtractSketchD,
+    ExtractSketchDict,
+    RandSketchPerturb,
+    RandSketchPerturbd,
+    RandSketchPerturbD,
+    RandSketchPerturbDict,
+    mask_contour,
+)
+from .speckle import RandSpeckleNoise, RandSpeckleNoised, RandSpeckleNoiseD, RandSpeckleNoiseDict

@@ -1,0 +1,163 @@
+"""Loading and preprocessing of 2D ultrasound images that MONAI does not provide as such."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Hashable, Mapping, Sequence
+
+import torch
+from monai.config import KeysCollection
+from monai.config.type_definitions import NdarrayOrTensor
+from monai.data import PILReader
+from monai.data.meta_obj import get_track_meta
+from monai.transforms import (
+    Compose,
+    EnsureTyped,
+    LoadImaged,
+    MapTransform,
+    Resized,
+    ScaleIntensityd,
+    Transform,
+)
+from monai.utils import TransformBackends, convert_to_tensor
+
+__all__ = [
+    "EnsureGrayscale",
+    "EnsureGrayscaled",
+    "EnsureGrayscaleD",
+    "EnsureGrayscaleDict",
+    "ValidateUltrasoundd",
+    "ValidateUltrasoundD",
+    "ValidateUltrasoundDict",
+    "ultrasound_preprocessing",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def _source(img: NdarrayOrTensor) -> str:
+    meta = getattr(img, "meta", None) or {}
+    return str(meta.get("filename_or_obj", "<array>"))
+
+
+class EnsureGrayscale(Transform):
+    """
+    Reduce a channel-first image to one channel: RGB(A) scans saved in colour become grey.
+
+    An alpha channel is dropped; colour channels are averaged (ultrasound B-mode is grey in three equal
+    channels, so nothing is lost). A notice is logged once per transform instance.
+
+    Args:
+        notice: log a notice the first time a multi-channel image is converted.
+    """
+
+    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+
+    def __init__(self, notice: bool = True) -> None:
+        self.notice = notice
+        self._noticed = False
+
+    def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
+        img = convert_to_tensor(img, track_meta=get_track_meta())
+        if img.shape[0] == 1:
+            return img
+        if img.shape[0] not in (2, 3, 4):
+            raise ValueError(f"{_source(img)}: expected 1 (grey), 3 (RGB) or 4 (RGBA) channels, got shape {tuple(img.shape)}.")
+        if self.notice and not self._noticed:
+            logger.warning("%s: %d-channel image converted to greyscale.", _source(img), img.shape[0])
+            self._noticed = True
+        channels = img[:3] if img.shape[0] == 4 else img[:1] if img.shape[0] == 2 else img
+        return channels.float().mean(0, keepdim=True)
+
+
+class EnsureGrayscaled(MapTransform):
+    """Dictionary-based wrapper of :py:class:`EnsureGrayscale`."""
+
+    backend = EnsureGrayscale.backend
+
+    def __init__(self, keys: KeysCollection, notice: bool = True, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.converter = EnsureGrayscale(notice)
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.converter(d[key])
+        return d
+
+
+class ValidateUltrasoundd(MapTransform):
+    """
+    Check a loaded sample and turn masks into one binary channel.
+
+    - the image must be finite (no NaN/Inf) and not constant;
+    - several mask files (loaded as channels) are merged by their union;
+    - the mask must have the image's spatial shape.
+
+    Args:
+        keys: the image key.
+        mask_key: the mask key (may be absent from a sample).
+        allow_missing_keys: don't raise if the image key is missing.
+    """
+
+    backend = [TransformBackends.TORCH]
+
+    def __init__(self, keys: KeysCollection = "image", mask_key: str = "mask", allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.mask_key = mask_key
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = d[key]
+            src = _source(img)
+            t = torch.as_tensor(img)
+            if not torch.isfinite(t).all():
+                raise ValueError(f"{src}: image has {int((~torch.isfinite(t)).sum())} NaN/Inf pixels.")
+            if self.mask_key in d and d[self.mask_key] is not None:
+                mask = d[self.mask_key]
+                if tuple(mask.shape[1:]) != tuple(img.shape[1:]):
+                    raise ValueError(
+                        f"{_source(mask)}: mask shape {tuple(mask.shape[1:])} differs from image {src} shape {tuple(img.shape[1:])}."
+                    )
+                merged = (torch.as_tensor(mask) > 0).any(0, keepdim=True).float()
+                d[self.mask_key] = convert_to_tensor(merged, track_meta=False) if not hasattr(mask, "meta") else mask[:1] * 0 + merged
+        return d
+
+
+def ultrasound_preprocessing(
+    image_size: int | Sequence[int] = 64,
+    image_key: str = "image",
+    mask_key: str | None = "mask",
+    extra_keys: Sequence[str] = (),
+) -> Compose:
+    """Load, grey, validate, resize and scale 2D ultrasound entries: the shared front of every pipeline.
+
+    PNG/JPG/BMP are read with ``PILReader(reverse_indexing=False)`` so arrays are ``(H, W)`` like the files;
+    NIfTI, NRRD and other formats fall back to MONAI's default readers (nibabel, ITK). Images are scaled
+    to [0, 1]; masks are resized with nearest neighbour. A missing mask is fine.
+
+    Args:
+        image_size: output spatial size (an int for square images).
+        image_key: key of the image path.
+        mask_key: key of the mask path(s), or ``None``.
+        extra_keys: further image-like keys to load and resize bilinearly (e.g. ``"sketch"``).
+    """
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    keys = [image_key, *extra_keys]
+    all_keys = keys + ([mask_key] if mask_key else [])
+    return Compose(
+        [
+            LoadImaged(all_keys, reader=PILReader(reverse_indexing=False), ensure_channel_first=True, allow_missing_keys=True),
+            EnsureGrayscaled(keys, allow_missing_keys=True),
+            ValidateUltrasoundd(image_key, mask_key=mask_key or "mask"),
+            Resized(keys, spatial_size=size, mode="bilinear", anti_aliasing=True, allow_missing_keys=True),
+            *([Resized(mask_key, spatial_size=size, mode="nearest", allow_missing_keys=True)] if mask_key else []),
+            ScaleIntensityd(keys, minv=0.0, maxv=1.0, allow_missing_keys=True),
+            EnsureTyped(all_keys, dtype=torch.float32, track_meta=False, allow_missing_keys=True),
+        ]
+    )
+
+
+EnsureGrayscaleD = EnsureGrayscaleDict = EnsureGrayscaled
+ValidateUltrasoundD = ValidateUltrasoundDict = ValidateUltrasoundd

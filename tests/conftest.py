@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+# the CPU here has 2 cores: one thread avoids oversubscription when pytest and torch compete
+torch.set_num_threads(1)
+os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_phantom(tmp_path_factory) -> Path:
+    """A 6-class phantom, 32x32, head 12 images, imbalance ratio 4 (datalist path)."""
+    from monai_breastlt.data import generate_phantom
+
+    out = tmp_path_factory.mktemp("phantom")
+    return generate_phantom(out, head_count=12, imbalance_ratio=4, image_size=32, seed=0)
+
+
+def shared_data(name: str) -> Path:
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(f"real data not available: {path} is absent (see ../shared/data/README.md)")
+    return path

@@ -1,0 +1,134 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from monai_breastlt.data import (
+    deduplicate_by_hash,
+    load_datalist,
+    load_datalist_file,
+    merge_rare_classes,
+    read_csv_datalist,
+    scan_class_folder,
+    validate_items,
+    write_csv_datalist,
+    write_datalist,
+)
+
+
+def _png(path, value=0, shape=(8, 8)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full(shape, value, np.uint8)).save(path)
+
+
+def test_scan_class_folder_with_merged_masks(tmp_path):
+    _png(tmp_path / "benign" / "a.png")
+    _png(tmp_path / "benign" / "a_mask.png")
+    _png(tmp_path / "benign" / "a_mask_1.png")
+    _png(tmp_path / "malignant" / "b.png", 3)
+    _png(tmp_path / "malignant" / "c.png", 4)
+    (tmp_path / "malignant" / "notes.txt").write_text("x")
+    items, classes = scan_class_folder(tmp_path)
+    assert classes == ["benign", "malignant"]
+    assert [i["label"] for i in items] == [0, 1, 1]
+    assert len(items[0]["mask"]) == 2 and "mask" not in items[1]
+
+
+def test_scan_errors_name_the_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="data folder not found"):
+        scan_class_folder(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="class 'empty' has no images"):
+        scan_class_folder(tmp_path)
+    _png(tmp_path / "empty" / "x_mask.png")
+    _png(tmp_path / "empty" / "y.png")
+    with pytest.raises(ValueError, match="mask files without an image: x"):
+        scan_class_folder(tmp_path)
+
+
+def test_datalist_roundtrip_relative_paths(tmp_path):
+    items = [{"image": str(tmp_path / "img" / f"{i}.png"), "label": i % 2} for i in range(4)]
+    path = write_datalist(tmp_path / "dl.json", {"training": items[:3], "test": items[3:]}, ["a", "b"])
+    raw = json.loads(path.read_text())
+    assert raw["training"][0]["image"] == "img/0.png"
+    loaded, classes = load_datalist(path, "training")
+    assert classes == ["a", "b"] and loaded[0]["image"] == items[0]["image"]
+    assert loaded[1]["class_name"] == "b" and loaded[1]["source"] == "real"
+    with pytest.raises(KeyError, match="section 'validation' not found"):
+        load_datalist(path, "validation")
+
+
+@pytest.mark.parametrize(
+    "doc, message",
+    [
+        ([], "expected a JSON object"),
+        ({"training": []}, "missing or invalid 'classes'"),
+        ({"classes": ["a"]}, "no data sections"),
+        ({"classes": ["a"], "training": [{"label": 0}]}, "entry 0 has no 'image' field"),
+        ({"classes": ["a"], "training": [{"image": "x.png"}]}, "entry 0 has no 'label' field"),
+        ({"classes": ["a"], "training": [{"image": "x.png", "label": 3}]}, r"label 3 is not a class index in \[0, 0\]"),
+        ({"classes": ["a"], "training": [{"image": "x.png", "label": "zz"}]}, "label 'zz' is not in the class list"),
+        ({"classes": ["a", "b"], "training": [{"image": "x.png", "label": 0, "class_name": "b"}]}, "disagrees with label 0"),
+        ({"classes": ["a"], "training": [{"image": "x.png", "label": 0}, {"image": "x.png", "label": 0}]}, "duplicate entry"),
+        ({"classes": ["a"], "training": [{"image": "x.png", "label": 0, "source": "fake"}]}, "source 'fake'"),
+    ],
+)
+def test_bad_datalists_are_named(tmp_path, doc, message):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match=message) as e:
+        load_datalist_file(path)
+    assert str(path) in str(e.value)
+
+
+def test_invalid_json_names_position(tmp_path):
+    path = tmp_path / "broken.json"
+    path.write_text('{"classes": [')
+    with pytest.raises(ValueError, match=r"broken.json: not valid JSON .* line 1"):
+        load_datalist_file(path)
+
+
+def test_check_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="image file .*missing.png does not exist"):
+        validate_items([{"image": str(tmp_path / "missing.png"), "label": 0}], ["a"], check_files=True)
+
+
+def test_csv_roundtrip_and_missing_column(tmp_path):
+    items = [{"image": f"i{k}.png", "label": "b" if k else "a", "group": f"p{k // 2}"} for k in range(5)]
+    write_csv_datalist(tmp_path / "l.csv", items)
+    got, classes = read_csv_datalist(tmp_path / "l.csv", group_col="group")
+    assert classes == ["b", "a"]  # most frequent first
+    assert [g["label"] for g in got] == [1, 0, 0, 0, 0] and got[2]["group"] == "p1"
+    with pytest.raises(ValueError, match="column 'patient' not found"):
+        read_csv_datalist(tmp_path / "l.csv", group_col="patient")
+
+
+def test_deduplicate_and_merge_rare(tmp_path):
+    _png(tmp_path / "a.png", 1)
+    _png(tmp_path / "b.png", 1)
+    _png(tmp_path / "c.png", 2)
+    items = [{"image": str(tmp_path / n), "label": k} for k, n in enumerate(["a.png", "b.png", "c.png"])]
+    kept, dropped = deduplicate_by_hash(items)
+    assert [k["image"] for k in kept] == [items[0]["image"], items[2]["image"]] and len(dropped) == 1
+    items = [{"image": str(k), "label": lab} for k, lab in enumerate([0, 0, 0, 1, 2])]
+    merged, classes = merge_rare_classes(items, ["x", "y", "z"], min_count=2)
+    assert classes == ["x", "other"] and [m["label"] for m in merged] == [0, 0, 0, 1, 1]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 4), st.text("abc", min_size=1, max_size=3)), min_size=1, max_size=30, unique_by=lambda t: t[1]))
+def test_validate_items_property(entries):
+    """Any entry list with valid labels validates to the same labels; an out-of-range label is always named."""
+    classes = ["c0", "c1", "c2", "c3", "c4"]
+    items = [{"image": f"{name}.png", "label": lab} for lab, name in entries]
+    out = validate_items(items, classes)
+    assert [o["label"] for o in out] == [lab for lab, _ in entries]
+    assert all(o["class_name"] == classes[o["label"]] for o in out)
+    items[-1]["label"] = 5
+    with pytest.raises(ValueError, match=f"entry {len(items) - 1} .*label 5"):
+        validate_items(items, classes)

@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import logging
+import re
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from monai_breastlt.transforms import EnsureGrayscale, ultrasound_preprocessing
+from monai_breastlt.utils import root_cause
+
+
+def test_png_loaded_as_rows_by_columns_and_scaled(tmp_path):
+    arr = np.zeros((20, 40), np.uint8)
+    arr[:5] = 255  # bright top rows
+    Image.fromarray(arr).save(tmp_path / "a.png")
+    mask = np.zeros((20, 40), np.uint8)
+    mask[10:15, 5:10] = 255
+    Image.fromarray(mask).save(tmp_path / "m1.png")
+    Image.fromarray(np.roll(mask, 20, axis=1)).save(tmp_path / "m2.png")
+    out = ultrasound_preprocessing((10, 20))({"image": str(tmp_path / "a.png"), "mask": [str(tmp_path / "m1.png"), str(tmp_path / "m2.png")]})
+    assert out["image"].shape == (1, 10, 20) and out["image"].max() == 1 and out["image"].min() == 0
+    assert out["image"][0, 0].mean() > out["image"][0, -1].mean()  # orientation kept: top stays top
+    assert out["mask"].shape == (1, 10, 20) and set(out["mask"].unique().tolist()) == {0.0, 1.0}
+    assert out["mask"][0, :, 10:].sum() > 0 and out["mask"][0, :, :10].sum() > 0  # both mask files merged
+
+
+def test_rgb_and_16bit_and_nifti(tmp_path, caplog):
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "rgb.png")
+    Image.fromarray(np.arange(256, dtype=np.uint16).reshape(16, 16) * 200).save(tmp_path / "deep.png")
+    nib.save(nib.Nifti1Image(np.random.default_rng(1).random((16, 16)).astype(np.float32), np.eye(4)), tmp_path / "x.nii.gz")
+    pre = ultrasound_preprocessing(8, mask_key=None)
+    with caplog.at_level(logging.WARNING):
+        rgb = pre({"image": str(tmp_path / "rgb.png")})
+    assert rgb["image"].shape == (1, 8, 8) and "converted to greyscale" in caplog.text
+    deep = pre({"image": str(tmp_path / "deep.png")})
+    assert deep["image"].max() == 1.0
+    assert pre({"image": str(tmp_path / "x.nii.gz")})["image"].shape == (1, 8, 8)
+
+
+def test_bad_inputs_named(tmp_path):
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "small_mask.png")
+    pre = ultrasound_preprocessing(8)
+    with pytest.raises(RuntimeError) as e:
+        pre({"image": str(tmp_path / "a.png"), "mask": str(tmp_path / "small_mask.png")})
+    assert re.search(r"small_mask.png: mask shape \(8, 8\) differs from image .*a.png", str(root_cause(e.value)))
+    (tmp_path / "trunc.png").write_bytes((tmp_path / "a.png").read_bytes()[:30])
+    with pytest.raises(RuntimeError) as e:
+        pre({"image": str(tmp_path / "trunc.png")})
+    assert "trunc.png" in str(e.value) + str(root_cause(e.value))
+    with pytest.raises(ValueError, match="expected 1 \\(grey\\), 3 \\(RGB\\) or 4"):
+        EnsureGrayscale()(torch.zeros(5, 4, 4))
