@@ -8,6 +8,7 @@ from .datalist import (
     items_labels,
     load_datalist,
     load_datalist_file,
+    load_mixed_datalist,
     merge_rare_classes,
     read_csv_datalist,
     scan_class_folder,
@@ -16,6 +17,7 @@ from .datalist import (
     write_datalist,
 )
 from .phantom import DEFAULT_SUBTYPES, LesionSubtype, generate_phantom, long_tail_counts, render_phantom
+from .sampler import AdaptiveRatioSampler
 from .profile import LongTailProfile, long_tail_groups, long_tail_profile
 from .public import read_busbra, read_busi
 from .split import long_tail_subsample, prepare_split, stratified_group_split

@@ -35,6 +35,7 @@ __all__ = [
     "deduplicate_by_hash",
     "merge_rare_classes",
     "items_labels",
+    "load_mixed_datalist",
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
@@ -354,3 +355,28 @@ def merge_rare_classes(
 def items_labels(items: Sequence[dict]) -> list[int]:
     """The integer labels of entries, in order."""
     return [int(i["label"]) for i in items]
+
+
+def load_mixed_datalist(
+    datalist: str | os.PathLike, pool: str | os.PathLike | None = None, section: str = "training", check_files: bool = True
+) -> tuple[list[dict], list[str]]:
+    """Real entries of one section followed by a synthetic pool's entries (the layout the sampler indexes).
+
+    Args:
+        datalist: the real datalist JSON.
+        pool: a synthetic pool's datalist JSON (``generate`` writes one); ``None`` or a missing file: real only.
+        section: the real section.
+        check_files: fail early, naming the entry, if a pool entry points at a missing file.
+
+    Raises:
+        ValueError: the pool's classes differ from the datalist's.
+    """
+    items, classes = load_datalist(datalist, section)
+    if pool is None or not Path(pool).is_file():
+        return items, classes
+    doc = load_datalist_file(pool)
+    if doc["classes"] != classes:
+        raise ValueError(f"{pool}: pool classes {doc['classes']} differ from {datalist} classes {classes}.")
+    syn = [i for k, v in doc.items() if isinstance(v, list) and k != "classes" for i in v]
+    syn = validate_items([{**i, "source": "synthetic"} for i in syn], classes, str(pool), check_files=check_files)
+    return items + syn, classes

@@ -1,0 +1,214 @@
+"""``AdaptiveRatioSampler``: per-class real/synthetic mixing with ratios set between epochs."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data.distributed import DistributedSampler
+
+__all__ = ["AdaptiveRatioSampler"]
+
+
+class AdaptiveRatioSampler(DistributedSampler):
+    """
+    Sample a dataset of real and synthetic items so that, in every epoch, class ``c`` gets ``T_c`` samples of
+    which a fraction ``r_c`` is synthetic. Ratios are changed between epochs with :py:meth:`set_ratios`
+    (e.g. by :py:class:`monai_breastlt.handlers.AdaptiveSamplerHandler`); this class does not care who sets them.
+
+    The epoch plan is derived from ``(seed, epoch)`` alone, so every DDP rank builds the same plan and takes a
+    disjoint, equal-length shard of it, as :py:class:`monai.data.DistributedSampler` does. It subclasses
+    torch's ``DistributedSampler`` so MONAI workflows call :py:meth:`set_epoch` at each epoch start.
+
+    Real items of a class are drawn without replacement until the class's real pool is exhausted, then the
+    pool is reshuffled (over-sampling); synthetic items likewise from the class's synthetic pool. A class with
+    no synthetic pool uses real data only; a class with no real item uses synthetic data only.
+
+    Args:
+        labels: class index of every dataset item (dataset order).
+        synthetic: per item, whether it is synthetic; ``None``: all real.
+        num_classes: number of classes (default: ``max(labels) + 1``).
+        target: per-class samples per epoch ``T_c``: ``"balanced"`` (every class as many as the largest real
+            class), ``"real"`` (the real counts), ``"distribution"`` (``epoch_size`` split by ``class_weights``),
+            or a sequence of explicit counts.
+        epoch_size: total samples per epoch for ``target="distribution"``.
+        class_weights: target distribution for ``"distribution"`` (default: uniform).
+        ratios: initial synthetic fraction, one value or one per class.
+        max_ratio: upper bound of every ratio (keeps some real data in every class).
+        num_replicas: number of DDP processes (default: the world size, or 1 without a process group).
+        rank: this process's rank (default: the global rank, or 0).
+        shuffle: shuffle the epoch plan (otherwise class by class).
+        seed: base seed; the epoch's generator is seeded with ``seed + epoch``.
+        drop_last: drop the plan's tail so it divides evenly (otherwise pad by repeating its start).
+    """
+
+    def __init__(
+        self,
+        labels: Sequence[int],
+        synthetic: Sequence[bool] | None = None,
+        num_classes: int | None = None,
+        target: str | Sequence[int] = "balanced",
+        epoch_size: int | None = None,
+        class_weights: Sequence[float] | None = None,
+        ratios: float | Sequence[float] = 0.0,
+        max_ratio: float = 0.9,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+    ) -> None:
+        # torch's __init__ needs a dataset and a process group; set its attributes ourselves instead
+        if num_replicas is None:
+            num_replicas = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        if rank is None:
+            rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} must be in [0, {num_replicas - 1}] for num_replicas={num_replicas}.")
+        labels_t = torch.as_tensor(np.asarray(labels, dtype=np.int64))
+        if labels_t.ndim != 1 or labels_t.numel() == 0:
+            raise ValueError("labels must be a non-empty 1D sequence of class indices.")
+        if labels_t.min() < 0:
+            raise ValueError(f"labels must be >= 0, got {int(labels_t.min())}.")
+        self.num_classes = int(num_classes) if num_classes is not None else int(labels_t.max()) + 1
+        if labels_t.max() >= self.num_classes:
+            raise ValueError(f"label {int(labels_t.max())} is out of range for num_classes={self.num_classes}.")
+        syn = torch.zeros_like(labels_t, dtype=torch.bool) if synthetic is None else torch.as_tensor(np.asarray(synthetic, dtype=bool))
+        if syn.shape != labels_t.shape:
+            raise ValueError(f"synthetic has {syn.numel()} entries for {labels_t.numel()} labels.")
+        if not 0 <= max_ratio <= 1:
+            raise ValueError(f"max_ratio must be in [0, 1], got {max_ratio}.")
+        order = torch.argsort(labels_t, stable=True)
+        self._real_pools = self._pools(order[~syn[order]], labels_t[order[~syn[order]]])
+        self._syn_pools = self._pools(order[syn[order]], labels_t[order[syn[order]]])
+        self.real_counts = [len(p) for p in self._real_pools]
+        self.synthetic_counts = [len(p) for p in self._syn_pools]
+        self.targets = self._targets(target, epoch_size, class_weights)
+        for c, t in enumerate(self.targets):
+            if t > 0 and self.real_counts[c] == 0 and self.synthetic_counts[c] == 0:
+                raise ValueError(f"class {c} has a target of {t} samples but no real or synthetic item.")
+        self.max_ratio = float(max_ratio)
+        self.ratios = np.zeros(self.num_classes)
+        self.set_ratios(ratios)
+        self.dataset_len = int(labels_t.numel())
+        self.num_replicas, self.rank, self.shuffle, self.seed, self.drop_last = num_replicas, rank, shuffle, seed, drop_last
+        self.epoch = 0
+        total = sum(self.targets)
+        self.num_samples = total // num_replicas if drop_last else math.ceil(total / num_replicas)
+        self.total_size = self.num_samples * num_replicas
+
+    @classmethod
+    def from_datalist(cls, items: Sequence[dict], num_classes: int | None = None, **kwargs) -> AdaptiveRatioSampler:
+        """Build from datalist entries (``label`` and ``source``), in the order the dataset holds them."""
+        return cls(
+            [int(i["label"]) for i in items], [i.get("source", "real") == "synthetic" for i in items], num_classes, **kwargs
+        )
+
+    def _pools(self, idx: torch.Tensor, lab: torch.Tensor) -> list[torch.Tensor]:
+        bounds = torch.searchsorted(lab, torch.arange(self.num_classes + 1))
+        return [idx[bounds[c] : bounds[c + 1]] for c in range(self.num_classes)]
+
+    def _targets(self, target, epoch_size, class_weights) -> list[int]:
+        available = [r + s for r, s in zip(self.real_counts, self.synthetic_counts)]
+        if isinstance(target, str):
+            if target == "balanced":
+                return [max(self.real_counts) if a else 0 for a in available]
+            if target == "real":
+                return list(self.real_counts)
+            if target == "distribution":
+                if not epoch_size or epoch_size < 1:
+                    raise ValueError("target='distribution' needs a positive epoch_size.")
+                w = np.ones(self.num_classes) if class_weights is None else np.asarray(class_weights, dtype=float)
+                if w.shape != (self.num_classes,) or np.any(w < 0) or w.sum() <= 0:
+                    raise ValueError(f"class_weights must be {self.num_classes} non-negative numbers, not all zero.")
+                w = np.where(np.asarray(available) > 0, w, 0)
+                exact = epoch_size * w / w.sum()
+                counts = np.floor(exact).astype(int)
+                counts[np.argsort(-(exact - counts), kind="stable")[: epoch_size - counts.sum()]] += 1  # largest remainder
+                return counts.tolist()
+            raise ValueError(f"target must be 'balanced', 'real', 'distribution' or a list of counts, got '{target}'.")
+        counts = [int(t) for t in target]
+        if len(counts) != self.num_classes or min(counts) < 0:
+            raise ValueError(f"target counts must be {self.num_classes} non-negative integers, got {counts}.")
+        return counts
+
+    def set_ratios(self, ratios: float | Sequence[float]) -> None:
+        """Set each class's synthetic fraction for the next epochs; values are clipped to ``[0, max_ratio]``."""
+        r = np.broadcast_to(np.asarray(ratios, dtype=float), (self.num_classes,)) if np.ndim(ratios) == 0 else np.asarray(ratios, dtype=float)
+        if r.shape != (self.num_classes,):
+            raise ValueError(f"ratios must be one value or {self.num_classes} values, got shape {r.shape}.")
+        if not np.all(np.isfinite(r)):
+            raise ValueError(f"ratios must be finite, got {r.tolist()}.")
+        self.ratios = np.clip(r, 0.0, self.max_ratio).astype(float)
+
+    def plan(self) -> dict[str, list[int]]:
+        """Per-class real and synthetic sample counts of an epoch under the current ratios."""
+        real, syn = [], []
+        for c, t in enumerate(self.targets):
+            if self.synthetic_counts[c] == 0:
+                s = 0
+            elif self.real_counts[c] == 0:
+                s = t
+            else:
+                s = int(round(self.ratios[c] * t))
+            real.append(t - s)
+            syn.append(s)
+        return {"real": real, "synthetic": syn}
+
+    def effective_ratios(self) -> list[float]:
+        """The synthetic fraction each class actually gets (0 where it has no synthetic pool)."""
+        p = self.plan()
+        return [s / t if t else 0.0 for s, t in zip(p["synthetic"], self.targets)]
+
+    @staticmethod
+    def _draw(pool: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
+        """``n`` items of ``pool``: whole shuffled passes over the pool, so no item repeats before all are used."""
+        if n == 0:
+            return pool[:0]
+        reps = -(-n // len(pool))
+        perm = torch.argsort(torch.rand(reps, len(pool), generator=g), dim=1)
+        return pool[perm].flatten()[:n]
+
+    def epoch_indices(self) -> torch.Tensor:
+        """The whole epoch plan (all ranks), before sharding."""
+        g = torch.Generator()
+        g.manual_seed(self.seed + self.epoch)
+        p = self.plan()
+        parts = []
+        for c in range(self.num_classes):
+            parts.append(self._draw(self._real_pools[c], p["real"][c], g))
+            parts.append(self._draw(self._syn_pools[c], p["synthetic"][c], g))
+        idx = torch.cat(parts)
+        if self.shuffle:
+            idx = idx[torch.randperm(len(idx), generator=g)]
+        return idx
+
+    def __iter__(self):
+        idx = self.epoch_indices()
+        if self.drop_last:
+            idx = idx[: self.total_size]
+        elif len(idx) < self.total_size:
+            pad = self.total_size - len(idx)
+            idx = torch.cat([idx, idx.repeat(-(-pad // max(len(idx), 1)))[:pad]])
+        return iter(idx[self.rank : self.total_size : self.num_replicas].tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def state_dict(self) -> dict:
+        """Ratios, epoch and seed: what a resumed run needs to draw the same epochs."""
+        return {"ratios": torch.as_tensor(self.ratios), "epoch": self.epoch, "seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.set_ratios(torch.as_tensor(state["ratios"]).numpy())
+        self.epoch = int(state["epoch"])
+        if int(state["seed"]) != self.seed:
+            warnings.warn(f"sampler seed {self.seed} replaced by the checkpoint's {int(state['seed'])}.", stacklevel=2)
+            self.seed = int(state["seed"])

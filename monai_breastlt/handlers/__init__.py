@@ -1,0 +1,3 @@
+from __future__ import annotations
+
+from .adaptive_sampler import AdaptiveSamplerHandler

@@ -1,0 +1,117 @@
+"""``AdaptiveSamplerHandler``: where the sampler, the ratio policy and the validation metrics meet."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+from monai.utils import IgniteInfo, min_version, optional_import
+
+from monai_breastlt.data.sampler import AdaptiveRatioSampler
+from monai_breastlt.rl.policies import RatioPolicy
+
+Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
+mlflow, _ = optional_import("mlflow")
+if TYPE_CHECKING:
+    from ignite.engine import Engine
+else:
+    Engine, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine", as_type="decorator")
+
+__all__ = ["AdaptiveSamplerHandler"]
+
+
+class AdaptiveSamplerHandler:
+    """
+    After each validation, feed the per-class report to the ratio policy and set the sampler's ratios.
+
+    Attach it to the **evaluator** (``attach(evaluator)``); the evaluator needs a
+    :py:class:`monai_breastlt.metrics.LongTailMetric` named ``metric_name``. The ratio history (one row per
+    validation, with the epoch) is kept in ``trainer.state.ratio_history`` and logged as ``ratio/<class>``
+    metrics to the active MLflow run, if any. Failures of MLflow are logged as warnings; training goes on.
+
+    Args:
+        sampler: the training loader's :py:class:`~monai_breastlt.data.AdaptiveRatioSampler`.
+        policy: any :py:class:`~monai_breastlt.rl.RatioPolicy` (fixed, heuristic, multi-agent PPO).
+        trainer: the training engine (for the epoch, progress and the history in its state).
+        metric_name: name of the ``LongTailMetric`` in the evaluator.
+        class_names: names used in logs (default ``class_<i>``).
+        log_mlflow: log ratios to the active MLflow run.
+        initial_ratios: ratios before the first validation (default: the sampler's current ones).
+    """
+
+    def __init__(
+        self,
+        sampler: AdaptiveRatioSampler,
+        policy: RatioPolicy,
+        trainer: Engine,
+        metric_name: str = "long_tail",
+        class_names: Sequence[str] | None = None,
+        log_mlflow: bool = True,
+        initial_ratios: float | Sequence[float] | None = None,
+    ) -> None:
+        self.sampler = sampler
+        self.policy = policy
+        self.trainer = trainer
+        self.metric_name = metric_name
+        self.class_names = list(class_names) if class_names is not None else [f"class_{i}" for i in range(sampler.num_classes)]
+        if len(self.class_names) != sampler.num_classes:
+            raise ValueError(f"class_names has {len(self.class_names)} names for {sampler.num_classes} classes.")
+        self.log_mlflow = log_mlflow
+        if initial_ratios is not None:
+            sampler.set_ratios(initial_ratios)
+        self.policy.reset(sampler.real_counts, sampler.ratios)
+        self.sampler.set_ratios(self.policy.ratios)
+        self.seconds = 0.0
+        self.logger = logging.getLogger(__name__)
+
+    def attach(self, engine: Engine) -> None:
+        """Register on the evaluator's ``EPOCH_COMPLETED``."""
+        if not engine.has_event_handler(self, Events.EPOCH_COMPLETED):
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+        if not hasattr(self.trainer.state, "ratio_history"):
+            self.trainer.state.ratio_history = []
+
+    def __call__(self, engine: Engine) -> None:
+        start = time.perf_counter()
+        details = getattr(engine.state, "metric_details", None) or {}
+        if self.metric_name not in details:
+            raise KeyError(
+                f"AdaptiveSamplerHandler: the evaluator has no LongTailMetric named '{self.metric_name}' "
+                f"(metric details present: {sorted(details)})."
+            )
+        state = self.trainer.state
+        progress = state.epoch / max(state.max_epochs or 1, 1)
+        ratios = np.asarray(self.policy.update(details[self.metric_name], progress), dtype=float)
+        self.sampler.set_ratios(ratios)
+        row = {"epoch": int(state.epoch), "ratios": self.sampler.effective_ratios()}
+        if not hasattr(state, "ratio_history"):
+            state.ratio_history = []
+        state.ratio_history.append(row)
+        self.seconds += time.perf_counter() - start
+        self.logger.info("epoch %d synthetic ratios: %s", state.epoch, ", ".join(f"{r:.2f}" for r in row["ratios"]))
+        if self.log_mlflow:
+            self._log_mlflow(row)
+
+    def _log_mlflow(self, row: dict) -> None:
+        try:
+            if mlflow.active_run() is None:
+                return
+            mlflow.log_metrics({f"ratio/{n}": r for n, r in zip(self.class_names, row["ratios"])}, step=row["epoch"])
+        except Exception as e:  # a locked or full store must not stop training
+            self.logger.warning("MLflow logging of the synthetic ratios failed (%s); training goes on.", e)
+
+    def state_dict(self) -> dict:
+        """Policy and sampler state plus the history: what a resumed run needs (use with ``CheckpointSaver``)."""
+        return {
+            "policy": self.policy.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "history": list(getattr(self.trainer.state, "ratio_history", [])),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.policy.load_state_dict(state["policy"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.trainer.state.ratio_history = list(state.get("history", []))

@@ -1,0 +1,6 @@
+from __future__ import annotations
+
+from .agents import MultiAgentRatioPolicy
+from .env import ClassAgentsVecEnv, RatioProcess, RatioProcessEnv, ToyRatioProcess
+from .observation import NUM_ACTIONS, OBS_DIM, ClassAgents
+from .policies import FixedRatioPolicy, HeuristicRatioPolicy, RatioPolicy

@@ -1,0 +1,134 @@
+from __future__ import annotations
+
+import os
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from monai.data import DataLoader, Dataset
+
+from monai_breastlt.data import AdaptiveRatioSampler
+
+LABELS = [0] * 20 + [1] * 6 + [2] * 3 + [1] * 10 + [2] * 8
+SYN = [False] * 29 + [True] * 18
+
+
+def _counts(sampler, idx):
+    labels, syn = np.asarray(LABELS), np.asarray(SYN)
+    return Counter((int(labels[i]), bool(syn[i])) for i in idx)
+
+
+def test_plan_counts_and_ratios_exact():
+    s = AdaptiveRatioSampler(LABELS, SYN, ratios=[0.5, 0.5, 0.25])
+    assert s.targets == [20, 20, 20]
+    assert s.plan() == {"real": [20, 10, 15], "synthetic": [0, 10, 5]}  # class 0 has no synthetic pool
+    c = _counts(s, list(s))
+    assert c == {(0, False): 20, (1, False): 10, (1, True): 10, (2, False): 15, (2, True): 5}
+    assert s.effective_ratios() == [0.0, 0.5, 0.25]
+    s.set_ratios(2.0)  # clipped to max_ratio
+    assert s.plan()["synthetic"] == [0, 18, 18]
+
+
+def test_real_drawn_without_replacement_before_repeating():
+    s = AdaptiveRatioSampler(LABELS, SYN, ratios=0.0)
+    idx = list(s)
+    real1 = [i for i in idx if LABELS[i] == 1]
+    assert len(real1) == 20 and set(Counter(real1).values()) <= {3, 4}  # 6 items, 20 draws: whole passes
+    real0 = [i for i in idx if LABELS[i] == 0]
+    assert sorted(real0) == list(range(20))
+
+
+def test_same_seed_epoch_same_order_and_epochs_differ():
+    a, b = AdaptiveRatioSampler(LABELS, SYN, seed=3), AdaptiveRatioSampler(LABELS, SYN, seed=3)
+    assert list(a) == list(b)
+    first = list(a)
+    a.set_epoch(1)
+    assert list(a) != first and sorted(list(a)) != [] and len(list(a)) == len(first)
+
+
+def test_targets_options_and_errors():
+    assert AdaptiveRatioSampler(LABELS, SYN, target="real").targets == [20, 6, 3]
+    s = AdaptiveRatioSampler(LABELS, SYN, target="distribution", epoch_size=10, class_weights=[2, 1, 1])
+    assert s.targets == [5, 3, 2] or s.targets == [5, 2, 3]
+    assert AdaptiveRatioSampler(LABELS, SYN, target=[1, 2, 3]).targets == [1, 2, 3]
+    with pytest.raises(ValueError, match="positive epoch_size"):
+        AdaptiveRatioSampler(LABELS, SYN, target="distribution")
+    with pytest.raises(ValueError, match="ratios must be one value or 3 values"):
+        AdaptiveRatioSampler(LABELS, SYN).set_ratios([0.1, 0.2])
+    with pytest.raises(ValueError, match="must be finite"):
+        AdaptiveRatioSampler(LABELS, SYN).set_ratios([0.1, float("nan"), 0])
+    with pytest.raises(ValueError, match="class 3 has a target of 4 samples but no real or synthetic item"):
+        AdaptiveRatioSampler(LABELS, SYN, num_classes=4, target=[1, 1, 1, 4])
+
+
+def test_class_with_only_synthetic_uses_synthetic():
+    s = AdaptiveRatioSampler([0, 0, 0, 1, 1], [False, False, False, True, True], ratios=0.0)
+    assert s.plan() == {"real": [3, 0], "synthetic": [0, 3]}
+
+
+def test_drop_in_monai_dataloader_and_state():
+    items = [{"label": lab, "source": "synthetic" if syn else "real", "x": k} for k, (lab, syn) in enumerate(zip(LABELS, SYN))]
+    s = AdaptiveRatioSampler.from_datalist(items, ratios=0.5)
+    loader = DataLoader(Dataset(items), sampler=s, batch_size=8, num_workers=0)
+    seen = [int(x) for b in loader for x in b["x"]]
+    assert len(seen) == len(s) == 60 and seen == list(s)
+    state = s.state_dict()
+    t = AdaptiveRatioSampler.from_datalist(items)
+    t.load_state_dict(state)
+    assert list(t) == list(s)
+
+
+def _ddp_worker(rank, world, port, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    s = AdaptiveRatioSampler(LABELS, SYN, ratios=[0.0, 0.3, 0.6], seed=5)  # rank/world from the process group
+    s.set_epoch(2)
+    shard = torch.tensor(list(s))
+    gathered = [torch.zeros_like(shard) for _ in range(world)]
+    dist.all_gather(gathered, shard)
+    if rank == 0:
+        torch.save([g.tolist() for g in gathered], out)
+    dist.destroy_process_group()
+
+
+def test_two_process_gloo_shards_are_disjoint_and_cover_the_plan(tmp_path):
+    out = str(tmp_path / "shards.pt")
+    port = 29500 + os.getpid() % 1000
+    mp.spawn(_ddp_worker, args=(2, port, out), nprocs=2, join=True)
+    shards = torch.load(out)
+    ref = AdaptiveRatioSampler(LABELS, SYN, ratios=[0.0, 0.3, 0.6], seed=5, num_replicas=1, rank=0)
+    ref.set_epoch(2)
+    plan = ref.epoch_indices().tolist()  # 60 items, even: no padding
+    assert len(shards[0]) == len(shards[1]) == 30
+    positions = [list(range(0, 60, 2)), list(range(1, 60, 2))]
+    assert shards[0] == [plan[p] for p in positions[0]] and shards[1] == [plan[p] for p in positions[1]]
+    assert sorted(shards[0] + shards[1]) == sorted(plan)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.integers(0, 5), min_size=1, max_size=60),
+    st.lists(st.booleans(), min_size=60, max_size=60),
+    st.lists(st.floats(0, 1), min_size=6, max_size=6),
+    st.integers(1, 4),
+)
+def test_plan_property(labels, syn, ratios, replicas):
+    syn = syn[: len(labels)]
+    if all(syn):
+        syn[0] = False
+    shards = []
+    for rank in range(replicas):
+        s = AdaptiveRatioSampler(labels, syn, num_classes=6, ratios=ratios, num_replicas=replicas, rank=rank, seed=1)
+        shards.append(list(s))
+    plan = s.plan()
+    full = s.epoch_indices().tolist()
+    assert len(full) == sum(s.targets)
+    got = Counter((labels[i], syn[i]) for i in full)
+    for c in range(6):
+        assert got.get((c, False), 0) == plan["real"][c] and got.get((c, True), 0) == plan["synthetic"][c]
+    assert len({len(x) for x in shards}) == 1 and sum(map(len, shards)) >= len(full)
