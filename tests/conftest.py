@@ -27,3 +27,21 @@ def shared_data(name: str) -> Path:
     if not path.is_dir():
         pytest.skip(f"real data not available: {path} is absent (see ../shared/data/README.md)")
     return path
+
+
+TINY_LDM = dict(
+    ae_channels=(8, 16), unet_channels=(16, 32), unet_attention=(False, True), num_head_channels=16, norm_num_groups=8, latent_channels=2
+)
+
+
+def tiny_ldm(num_classes: int = 6, seed: int = 0):
+    from monai_breastlt.networks import SketchConditionedLDM
+
+    torch.manual_seed(seed)
+    model = SketchConditionedLDM(num_classes, **TINY_LDM)
+    # MONAI zero-initialises the UNet output and ControlNet residual convolutions; randomise them so an
+    # untrained model's output depends on its class and sketch inputs
+    for p in list(model.unet.parameters()) + list(model.controlnet.parameters()):
+        if p.dim() > 1 and p.abs().sum() == 0:
+            torch.nn.init.normal_(p, std=0.05)
+    return model.eval()

@@ -19,6 +19,9 @@ from .sketch import (
     RandSketchPerturbd,
     RandSketchPerturbD,
     RandSketchPerturbDict,
+    SketchTargetd,
+    SketchTargetD,
+    SketchTargetDict,
     mask_contour,
 )
 from .speckle import RandSpeckleNoise, RandSpeckleNoised, RandSpeckleNoiseD, RandSpeckleNoiseDict

@@ -24,6 +24,9 @@ __all__ = [
     "RandSketchPerturbD",
     "RandSketchPerturbDict",
     "mask_contour",
+    "SketchTargetd",
+    "SketchTargetD",
+    "SketchTargetDict",
 ]
 
 
@@ -297,3 +300,35 @@ class RandSketchPerturbd(RandomizableTransform, MapTransform):
 
 ExtractSketchD = ExtractSketchDict = ExtractSketchd
 RandSketchPerturbD = RandSketchPerturbDict = RandSketchPerturbd
+
+
+class SketchTargetd(MapTransform):
+    """
+    The perception network's training target ``(3, H, W)``: ``[edges_and_layers, lesion_contour, has_mask]``,
+    from :py:class:`ExtractSketch` parts; without a mask the contour and ``has_mask`` channels are 0.
+
+    Args:
+        keys: the image key.
+        mask_key: the mask key (may be absent).
+        target_key: key to write the target to.
+        kwargs: passed to :py:class:`ExtractSketch`.
+    """
+
+    backend = ExtractSketch.backend
+
+    def __init__(self, keys: KeysCollection = "image", mask_key: str = "mask", target_key: str = "sketch_target", **kwargs) -> None:
+        super().__init__(keys)
+        self.mask_key, self.target_key = mask_key, target_key
+        self.extractor = ExtractSketch(as_channels=True, **kwargs)
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            mask = d.get(self.mask_key)
+            parts = torch.as_tensor(self.extractor(d[key], mask))
+            has = torch.full_like(parts[:1], 1.0 if mask is not None else 0.0)
+            d[self.target_key] = torch.cat([parts[:2].amax(0, keepdim=True), parts[2:3], has])
+        return d
+
+
+SketchTargetD = SketchTargetDict = SketchTargetd

@@ -1,0 +1,3 @@
+from __future__ import annotations
+
+from .class_sketch import ClassSketchLatentDiffusionInferer, drop_class_labels

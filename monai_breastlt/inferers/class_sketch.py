@@ -1,0 +1,158 @@
+"""Class + sketch conditioned latent diffusion inferer (MONAI's ControlNet inferers drop class labels)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from monai.inferers import Inferer
+from monai.networks.schedulers import Scheduler
+from monai.utils import optional_import
+
+tqdm, has_tqdm = optional_import("tqdm", name="tqdm")
+
+__all__ = ["ClassSketchLatentDiffusionInferer", "drop_class_labels"]
+
+
+def drop_class_labels(labels: torch.Tensor, prob: float, null_class: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Replace each label by ``null_class`` with probability ``prob`` (trains the unconditional branch of CFG)."""
+    if prob <= 0:
+        return labels
+    drop = torch.rand(labels.shape, generator=generator, device="cpu").to(labels.device) < prob
+    return torch.where(drop, torch.full_like(labels, null_class), labels)
+
+
+class ClassSketchLatentDiffusionInferer(Inferer):
+    """
+    Latent diffusion with a class label (``DiffusionModelUNet`` class embedding) and a sketch (``ControlNet``),
+    with classifier-free guidance over the class. API shaped like MONAI's ``ControlNetLatentDiffusionInferer``.
+
+    The sketch is given at image resolution; the ControlNet's conditioning embedding downsamples it to the
+    latent grid (see :func:`monai_breastlt.networks.matched_conditioning_channels`), so it is not resized here.
+
+    Args:
+        scheduler: a MONAI scheduler (``DDPMScheduler``, ``DDIMScheduler``...).
+        scale_factor: latent scale (``1 / std`` of the latents); ``SketchConditionedLDM`` keeps its own.
+        guidance_scale: classifier-free guidance scale at sampling (1: no guidance).
+        conditioning_scale: ControlNet residual scale (0: sketch ignored).
+        null_class: the label of the unconditional class.
+    """
+
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        scale_factor: float = 1.0,
+        guidance_scale: float = 1.0,
+        conditioning_scale: float = 1.0,
+        null_class: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.scheduler = scheduler
+        self.scale_factor = scale_factor
+        self.guidance_scale = guidance_scale
+        self.conditioning_scale = conditioning_scale
+        self.null_class = null_class
+
+    def _predict(
+        self,
+        latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        diffusion_model: nn.Module,
+        class_labels: torch.Tensor,
+        controlnet: nn.Module | None,
+        cn_cond: torch.Tensor | None,
+        conditioning_scale: float,
+    ) -> torch.Tensor:
+        down, mid = None, None
+        if controlnet is not None and cn_cond is not None:
+            down, mid = controlnet(
+                x=latents, timesteps=timesteps, controlnet_cond=cn_cond, conditioning_scale=conditioning_scale, class_labels=class_labels
+            )
+        return diffusion_model(
+            latents, timesteps, class_labels=class_labels, down_block_additional_residuals=down, mid_block_additional_residual=mid
+        )
+
+    def __call__(  # type: ignore[override]
+        self,
+        inputs: torch.Tensor,
+        autoencoder_model: nn.Module,
+        diffusion_model: nn.Module,
+        noise: torch.Tensor,
+        timesteps: torch.Tensor,
+        class_labels: torch.Tensor,
+        controlnet: nn.Module | None = None,
+        cn_cond: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """
+        Training pass: encode ``inputs``, noise the latents at ``timesteps`` and predict the noise.
+
+        Args:
+            inputs: images ``(B, C, H, W)``.
+            autoencoder_model: the (frozen) ``AutoencoderKL``.
+            diffusion_model: the class-conditional ``DiffusionModelUNet``.
+            noise: latent-shaped noise, the regression target.
+            timesteps: ``(B,)`` integer timesteps.
+            class_labels: ``(B,)`` labels (the null class where dropped).
+            controlnet: the ``ControlNet`` (``None``: class conditioning only).
+            cn_cond: sketches ``(B, S, H, W)`` at image resolution.
+        """
+        with torch.no_grad():
+            latents = autoencoder_model.encode_stage_2_inputs(inputs) * self.scale_factor
+        if noise.shape != latents.shape:
+            raise ValueError(f"noise shape {tuple(noise.shape)} must equal the latent shape {tuple(latents.shape)}.")
+        noisy = self.scheduler.add_noise(original_samples=latents, noise=noise, timesteps=timesteps)
+        return self._predict(noisy, timesteps, diffusion_model, class_labels, controlnet, cn_cond, self.conditioning_scale)
+
+    @torch.no_grad()
+    def sample(  # type: ignore[override]
+        self,
+        input_noise: torch.Tensor,
+        autoencoder_model: nn.Module,
+        diffusion_model: nn.Module,
+        class_labels: torch.Tensor,
+        controlnet: nn.Module | None = None,
+        cn_cond: torch.Tensor | None = None,
+        scheduler: Scheduler | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        conditioning_scale: float | None = None,
+        generator: torch.Generator | None = None,
+        verbose: bool = False,
+    ) -> torch.Tensor:
+        """
+        Generate images from latent noise (deterministic for DDIM; DDPM draws its noise from ``generator``).
+
+        Args:
+            input_noise: latent noise ``(B, latent_channels, h, w)``.
+            autoencoder_model, diffusion_model, controlnet: as in ``__call__``.
+            class_labels: ``(B,)`` target classes.
+            cn_cond: sketches ``(B, S, H, W)``.
+            scheduler: overrides the inferer's scheduler (e.g. a ``DDIMScheduler`` for fast sampling).
+            num_inference_steps: set on the scheduler when given.
+            guidance_scale: overrides the classifier-free guidance scale; > 1 needs ``null_class``.
+            conditioning_scale: overrides the ControlNet scale.
+            generator: seeds the stochastic steps.
+            verbose: show a progress bar.
+        """
+        scheduler = scheduler or self.scheduler
+        if num_inference_steps is not None:
+            scheduler.set_timesteps(num_inference_steps, device=input_noise.device)
+        gs = self.guidance_scale if guidance_scale is None else guidance_scale
+        cs = self.conditioning_scale if conditioning_scale is None else conditioning_scale
+        cfg = gs != 1.0
+        if cfg and self.null_class is None:
+            raise ValueError("guidance_scale != 1 needs the inferer's null_class (the label trained with dropped classes).")
+        labels = class_labels.long().to(input_noise.device)
+        if cfg:
+            labels = torch.cat([labels, torch.full_like(labels, self.null_class)])
+            cn_cond = torch.cat([cn_cond, cn_cond]) if cn_cond is not None else None
+        latents = input_noise
+        steps = scheduler.timesteps
+        for t in tqdm(steps, desc="sampling") if verbose and has_tqdm else steps:
+            model_in = torch.cat([latents, latents]) if cfg else latents
+            ts = torch.full((model_in.shape[0],), int(t), device=latents.device, dtype=torch.long)
+            pred = self._predict(model_in, ts, diffusion_model, labels, controlnet, cn_cond, cs)
+            if cfg:
+                cond, uncond = pred.chunk(2)
+                pred = uncond + gs * (cond - uncond)
+            latents, _ = scheduler.step(pred, int(t), latents, generator=generator)
+        return autoencoder_model.decode_stage_2_outputs(latents / self.scale_factor)

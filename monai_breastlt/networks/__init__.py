@@ -1,0 +1,4 @@
+from __future__ import annotations
+
+from .ldm import SketchConditionedLDM, matched_conditioning_channels
+from .perception import SketchPerceptionNet

@@ -1,0 +1,133 @@
+"""The sketch-conditioned, class-controllable latent diffusion model, assembled from MONAI core networks."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+from monai.networks.nets import AutoencoderKL, ControlNet, DiffusionModelUNet
+
+__all__ = ["SketchConditionedLDM", "matched_conditioning_channels"]
+
+
+def matched_conditioning_channels(latent_downsample: int, base: int = 16) -> tuple[int, ...]:
+    """ControlNet sketch-embedding channels whose stride-2 convolutions bring the sketch to the latent size.
+
+    ``ControlNet`` adds one stride-2 convolution per entry after the first, so a ``2**k`` autoencoder needs
+    ``k + 1`` entries.
+    """
+    k = int(round(math.log2(latent_downsample)))
+    if 2**k != latent_downsample:
+        raise ValueError(f"latent_downsample must be a power of 2, got {latent_downsample}.")
+    return tuple(base * 2**i for i in range(k + 1))
+
+
+class SketchConditionedLDM(nn.Module):
+    """
+    ``AutoencoderKL`` (image <-> latents), ``DiffusionModelUNet`` with class embeddings (class control, one extra
+    *null* class for classifier-free guidance) and a ``ControlNet`` fed the sketch at image resolution, its
+    conditioning embedding matched to the autoencoder's downsampling so the residuals land on the latent grid.
+
+    One module so one checkpoint holds the whole generator, including the latent ``scale_factor``.
+
+    Args:
+        num_classes: number of lesion subtypes (the null class ``num_classes`` is added).
+        spatial_dims: 2 for B-mode images.
+        in_channels: image channels.
+        latent_channels: autoencoder latent channels.
+        ae_channels: autoencoder channels per level; the latents are ``2 ** (len - 1)`` times smaller.
+        ae_res_blocks: residual blocks per autoencoder level.
+        unet_channels: diffusion UNet channels per level.
+        unet_attention: self-attention per UNet level.
+        unet_res_blocks: residual blocks per UNet level.
+        num_head_channels: attention head width.
+        norm_num_groups: group-norm groups of every network.
+        conditioning_channels: ControlNet sketch-embedding channels (default: matched to the autoencoder).
+        sketch_channels: sketch channels (1, or 3 for ``ExtractSketch(as_channels=True)``).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        spatial_dims: int = 2,
+        in_channels: int = 1,
+        latent_channels: int = 3,
+        ae_channels: Sequence[int] = (32, 64),
+        ae_res_blocks: int = 1,
+        unet_channels: Sequence[int] = (32, 64, 64),
+        unet_attention: Sequence[bool] = (False, True, True),
+        unet_res_blocks: int = 1,
+        num_head_channels: int = 32,
+        norm_num_groups: int = 16,
+        conditioning_channels: Sequence[int] | None = None,
+        sketch_channels: int = 1,
+    ) -> None:
+        super().__init__()
+        self.config = {
+            "num_classes": num_classes, "spatial_dims": spatial_dims, "in_channels": in_channels,
+            "latent_channels": latent_channels, "ae_channels": list(ae_channels), "ae_res_blocks": ae_res_blocks,
+            "unet_channels": list(unet_channels), "unet_attention": list(unet_attention), "unet_res_blocks": unet_res_blocks,
+            "num_head_channels": num_head_channels, "norm_num_groups": norm_num_groups,
+            "conditioning_channels": list(conditioning_channels) if conditioning_channels is not None else None,
+            "sketch_channels": sketch_channels,
+        }
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}.")
+        if len(unet_attention) != len(unet_channels):
+            raise ValueError(f"unet_attention has {len(unet_attention)} entries for {len(unet_channels)} unet_channels.")
+        self.num_classes = num_classes
+        self.null_class = num_classes
+        self.latent_downsample = 2 ** (len(ae_channels) - 1)
+        expected = len(matched_conditioning_channels(self.latent_downsample))
+        cond = tuple(conditioning_channels) if conditioning_channels is not None else matched_conditioning_channels(self.latent_downsample)
+        if len(cond) != expected:
+            raise ValueError(
+                f"conditioning_channels {cond} downsample the sketch by {2 ** (len(cond) - 1)}, but the autoencoder "
+                f"downsamples by {self.latent_downsample}: give {expected} entries."
+            )
+        self.autoencoder = AutoencoderKL(
+            spatial_dims, in_channels, in_channels, ae_res_blocks, tuple(ae_channels), (False,) * len(ae_channels),
+            latent_channels, norm_num_groups=norm_num_groups, with_encoder_nonlocal_attn=False, with_decoder_nonlocal_attn=False,
+        )
+        unet_args = dict(
+            spatial_dims=spatial_dims, in_channels=latent_channels, num_res_blocks=unet_res_blocks, channels=tuple(unet_channels),
+            attention_levels=tuple(unet_attention), norm_num_groups=norm_num_groups, num_head_channels=num_head_channels,
+            num_class_embeds=num_classes + 1,
+        )
+        self.unet = DiffusionModelUNet(out_channels=latent_channels, **unet_args)
+        self.controlnet = ControlNet(
+            conditioning_embedding_in_channels=sketch_channels, conditioning_embedding_num_channels=cond, **unet_args
+        )
+        self.register_buffer("scale_factor", torch.tensor(1.0))
+
+    def get_extra_state(self) -> dict:
+        """The architecture travels inside the state dict (plain types: loads with ``weights_only=True``)."""
+        return {"config": self.config}
+
+    def set_extra_state(self, state: dict) -> None:
+        if state and state.get("config") not in (None, self.config):
+            raise ValueError(f"checkpoint architecture {state['config']} differs from this model's {self.config}.")
+
+    @classmethod
+    def from_state_dict(cls, state_dict: dict) -> SketchConditionedLDM:
+        """Build the model that a state dict was saved from, and load it."""
+        extra = state_dict.get("_extra_state") or {}
+        if "config" not in extra:
+            raise ValueError("state dict has no '_extra_state.config': not saved from a SketchConditionedLDM.")
+        model = cls(**extra["config"])
+        model.load_state_dict(state_dict)
+        return model
+
+    def init_controlnet_from_unet(self) -> None:
+        """Copy the trained UNet's encoder weights into the ControlNet (its zero convolutions stay zero)."""
+        self.controlnet.load_state_dict(self.unet.state_dict(), strict=False)
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Scaled latents of images (sampled from the posterior, as MONAI's latent inferers do)."""
+        return self.autoencoder.encode_stage_2_inputs(images) * self.scale_factor
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.autoencoder.decode_stage_2_outputs(latents / self.scale_factor)

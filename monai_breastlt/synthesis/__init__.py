@@ -1,0 +1,4 @@
+from __future__ import annotations
+
+from .engines import AutoencoderTrainer, LatentDiffusionTrainer, PrepareBatchKeys, compute_scale_factor, kl_loss
+from .generate import SyntheticPoolGenerator, plan_targets, save_png

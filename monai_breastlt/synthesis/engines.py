@@ -1,0 +1,191 @@
+"""Phase-1 training engines: MONAI ``SupervisedTrainer`` subclasses for the autoencoder and the diffusion stages."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from monai.engines import PrepareBatch, SupervisedTrainer
+from monai.networks.nets import PatchDiscriminator
+from monai.utils import CommonKeys
+
+from monai_breastlt.inferers import ClassSketchLatentDiffusionInferer, drop_class_labels
+from monai_breastlt.networks import SketchConditionedLDM
+
+__all__ = ["PrepareBatchKeys", "AutoencoderTrainer", "LatentDiffusionTrainer", "compute_scale_factor", "kl_loss"]
+
+
+class PrepareBatchKeys(PrepareBatch):
+    """``(batch[image_key], batch[target_key])`` on the device: for trainers whose target is not ``label``."""
+
+    def __init__(self, image_key: str = "image", target_key: str = "label") -> None:
+        self.image_key, self.target_key = image_key, target_key
+
+    def __call__(self, batchdata: dict, device=None, non_blocking: bool = False, **kwargs):
+        return (
+            batchdata[self.image_key].to(device=device, non_blocking=non_blocking),
+            batchdata[self.target_key].to(device=device, non_blocking=non_blocking),
+        )
+
+
+def kl_loss(z_mu: torch.Tensor, z_sigma: torch.Tensor) -> torch.Tensor:
+    """KL divergence of ``N(mu, sigma)`` from ``N(0, 1)``, summed over latent elements, averaged over the batch."""
+    kl = 0.5 * (z_mu.pow(2) + z_sigma.pow(2) - torch.log(z_sigma.pow(2) + 1e-8) - 1)
+    return kl.flatten(1).sum(1).mean()
+
+
+class AutoencoderTrainer(SupervisedTrainer):
+    """
+    Trains an ``AutoencoderKL``: L1 reconstruction + ``kl_weight`` * KL, plus an optional adversarial term from a
+    MONAI ``PatchDiscriminator`` (least-squares GAN). No perceptual loss: it needs weights that cannot be
+    downloaded offline.
+
+    Args:
+        device, max_epochs, train_data_loader, optimizer: as ``SupervisedTrainer``.
+        network: the ``AutoencoderKL``.
+        kl_weight: weight of the KL term.
+        discriminator: a ``PatchDiscriminator`` (``None``: no adversarial term).
+        d_optimizer: the discriminator's optimizer.
+        adv_weight: weight of the generator's adversarial term.
+        image_key: batch key of the images.
+        kwargs: passed to ``SupervisedTrainer`` (handlers, amp...).
+    """
+
+    def __init__(
+        self,
+        device: str | torch.device,
+        max_epochs: int,
+        train_data_loader,
+        network: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        kl_weight: float = 1e-6,
+        discriminator: PatchDiscriminator | None = None,
+        d_optimizer: torch.optim.Optimizer | None = None,
+        adv_weight: float = 0.01,
+        image_key: str = "image",
+        **kwargs,
+    ) -> None:
+        super().__init__(device, max_epochs, train_data_loader, network, optimizer, loss_function=nn.L1Loss(), **kwargs)
+        if (discriminator is None) != (d_optimizer is None):
+            raise ValueError("give both discriminator and d_optimizer, or neither.")
+        self.kl_weight, self.adv_weight, self.image_key = kl_weight, adv_weight, image_key
+        self.discriminator, self.d_optimizer = discriminator, d_optimizer
+
+    def _iteration(self, engine, batchdata: dict) -> dict:
+        images = batchdata[self.image_key].to(engine.state.device)
+        self.network.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        recon, z_mu, z_sigma = self.network(images)
+        rec, kl = F.l1_loss(recon, images), kl_loss(z_mu, z_sigma)
+        loss = rec + self.kl_weight * kl
+        adv = torch.zeros(())
+        if self.discriminator is not None:
+            logits = self.discriminator(recon.contiguous())[-1]
+            adv = F.mse_loss(logits, torch.ones_like(logits))
+            loss = loss + self.adv_weight * adv
+        loss.backward()
+        self.optimizer.step()
+        d_loss = torch.zeros(())
+        if self.discriminator is not None:
+            self.d_optimizer.zero_grad(set_to_none=True)
+            fake = self.discriminator(recon.detach().contiguous())[-1]
+            real = self.discriminator(images.contiguous())[-1]
+            d_loss = 0.5 * (F.mse_loss(fake, torch.zeros_like(fake)) + F.mse_loss(real, torch.ones_like(real)))
+            d_loss.backward()
+            self.d_optimizer.step()
+        return {
+            CommonKeys.IMAGE: images, CommonKeys.PRED: recon.detach(), CommonKeys.LOSS: loss.detach(),
+            "recon_loss": rec.detach(), "kl_loss": kl.detach(), "adv_loss": adv.detach(), "d_loss": d_loss.detach(),
+        }
+
+
+@torch.no_grad()
+def compute_scale_factor(model: SketchConditionedLDM, loader: Sequence | object, device="cpu", image_key: str = "image", max_batches: int = 8) -> float:
+    """Set ``model.scale_factor`` to ``1 / std`` of the latents over a few batches (unit-variance latents)."""
+    model.autoencoder.eval()
+    zs = []
+    for i, batch in enumerate(loader):
+        if i >= max_batches:
+            break
+        zs.append(model.autoencoder.encode_stage_2_inputs(batch[image_key].to(device)).flatten())
+    if not zs:
+        raise ValueError("compute_scale_factor: the loader yielded no batch.")
+    scale = 1.0 / float(torch.cat(zs).std().clamp_min(1e-6))
+    model.scale_factor.fill_(scale)
+    return scale
+
+
+class LatentDiffusionTrainer(SupervisedTrainer):
+    """
+    Trains the class-conditional UNet (``use_controlnet=False``), then the sketch ControlNet
+    (``use_controlnet=True``; the UNet frozen unless ``train_unet``), with labels dropped to the null class with
+    probability ``class_dropout`` (classifier-free guidance). The autoencoder stays frozen.
+
+    Args:
+        device, max_epochs, train_data_loader, optimizer: as ``SupervisedTrainer``; the optimizer must hold the
+            parameters of the parts being trained (see :meth:`trainable_parameters`).
+        network: the ``SketchConditionedLDM``.
+        inferer: the ``ClassSketchLatentDiffusionInferer`` (its scheduler gives the noise levels).
+        use_controlnet: train the ControlNet stage.
+        train_unet: in the ControlNet stage, fine-tune the UNet jointly.
+        class_dropout: probability of replacing a label by the null class.
+        seed: seed of the noise, timesteps and label dropout generator.
+        image_key, label_key, sketch_key: batch keys.
+        kwargs: passed to ``SupervisedTrainer``.
+    """
+
+    def __init__(
+        self,
+        device: str | torch.device,
+        max_epochs: int,
+        train_data_loader,
+        network: SketchConditionedLDM,
+        optimizer: torch.optim.Optimizer,
+        inferer: ClassSketchLatentDiffusionInferer,
+        use_controlnet: bool = False,
+        train_unet: bool = True,
+        class_dropout: float = 0.1,
+        seed: int = 0,
+        image_key: str = "image",
+        label_key: str = "label",
+        sketch_key: str = "sketch",
+        **kwargs,
+    ) -> None:
+        super().__init__(device, max_epochs, train_data_loader, network, optimizer, loss_function=nn.MSELoss(), inferer=inferer, **kwargs)
+        self.use_controlnet, self.train_unet, self.class_dropout = use_controlnet, train_unet, class_dropout
+        self.image_key, self.label_key, self.sketch_key = image_key, label_key, sketch_key
+        self.generator = torch.Generator().manual_seed(seed)
+        network.autoencoder.requires_grad_(False)
+        network.unet.requires_grad_(train_unet or not use_controlnet)
+        network.controlnet.requires_grad_(use_controlnet)
+
+    @staticmethod
+    def trainable_parameters(network: SketchConditionedLDM, use_controlnet: bool = False, train_unet: bool = True) -> list:
+        """The parameters the optimizer of a stage should hold."""
+        if not use_controlnet:
+            return list(network.unet.parameters())
+        return list(network.controlnet.parameters()) + (list(network.unet.parameters()) if train_unet else [])
+
+    def _iteration(self, engine, batchdata: dict) -> dict:
+        net: SketchConditionedLDM = self.network
+        device = engine.state.device
+        images = batchdata[self.image_key].to(device)
+        labels = batchdata[self.label_key].long().view(-1).to(device)
+        sketch = batchdata[self.sketch_key].to(device) if self.use_controlnet else None
+        net.autoencoder.eval()
+        net.unet.train(self.train_unet or not self.use_controlnet)
+        net.controlnet.train(self.use_controlnet)
+        self.inferer.scale_factor = float(net.scale_factor)
+        latent_shape = (images.shape[0], net.autoencoder.latent_channels, *[s // net.latent_downsample for s in images.shape[2:]])
+        noise = torch.randn(latent_shape, generator=self.generator).to(device)
+        steps = self.inferer.scheduler.num_train_timesteps
+        timesteps = torch.randint(0, steps, (images.shape[0],), generator=self.generator).to(device)
+        labels = drop_class_labels(labels, self.class_dropout, net.null_class, self.generator)
+        self.optimizer.zero_grad(set_to_none=True)
+        pred = self.inferer(images, net.autoencoder, net.unet, noise, timesteps, labels, net.controlnet if self.use_controlnet else None, sketch)
+        loss = self.loss_function(pred.float(), noise.float())
+        loss.backward()
+        self.optimizer.step()
+        return {CommonKeys.IMAGE: images, CommonKeys.PRED: pred.detach(), CommonKeys.LABEL: noise, CommonKeys.LOSS: loss.detach()}

@@ -1,0 +1,204 @@
+"""Generate a synthetic pool: sketches from unannotated real images, class-conditioned images, a datalist."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
+from PIL import Image
+
+from monai_breastlt.data.datalist import load_datalist_file, validate_items, write_datalist
+from monai_breastlt.inferers import ClassSketchLatentDiffusionInferer
+from monai_breastlt.networks import SketchConditionedLDM, SketchPerceptionNet
+from monai_breastlt.transforms import RandSketchPerturb, ultrasound_preprocessing
+from monai_breastlt.utils import atomic_open
+
+__all__ = ["plan_targets", "save_png", "SyntheticPoolGenerator"]
+
+logger = logging.getLogger(__name__)
+
+
+def plan_targets(real_counts: Sequence[int], mode: str | Sequence[int] = "fill", n: int | None = None) -> list[int]:
+    """Synthetic images to generate per class.
+
+    Args:
+        real_counts: real training count per class.
+        mode: ``"fill"`` (top every class up to the largest), ``"up_to"`` (top up to ``n``), ``"each"``
+            (``n`` per class) or explicit per-class counts.
+        n: the count of ``"up_to"`` / ``"each"``.
+    """
+    counts = [int(c) for c in real_counts]
+    if not isinstance(mode, str):
+        out = [int(m) for m in mode]
+        if len(out) != len(counts) or min(out) < 0:
+            raise ValueError(f"explicit targets must be {len(counts)} non-negative counts, got {out}.")
+        return out
+    if mode == "fill":
+        return [max(counts) - c for c in counts]
+    if mode in ("up_to", "each"):
+        if n is None or n < 0:
+            raise ValueError(f"mode '{mode}' needs a non-negative n.")
+        return [max(n - c, 0) for c in counts] if mode == "up_to" else [n] * len(counts)
+    raise ValueError(f"mode must be 'fill', 'up_to', 'each' or a list of counts, got '{mode}'.")
+
+
+def save_png(array: torch.Tensor | np.ndarray, path: str | os.PathLike) -> None:
+    """Write a ``(H, W)`` or ``(1, H, W)`` image in [0, 1] as 8-bit PNG, atomically."""
+    a = np.asarray(torch.as_tensor(array).detach().cpu().float().squeeze().clamp(0, 1).numpy())
+    buf = io.BytesIO()
+    Image.fromarray((a * 255).round().astype(np.uint8)).save(buf, format="PNG")
+    with atomic_open(path, "wb") as f:
+        f.write(buf.getvalue())
+
+
+class SyntheticPoolGenerator:
+    """
+    Write a synthetic pool ``OUT/<class>/<id>.png`` (+ ``<id>_sketch.png``) and its datalist ``OUT/pool.json``.
+
+    Every image ``k`` of class ``c`` has a fixed id and seed derived from ``(seed, c, k)``: its sketch source,
+    sketch perturbation and initial noise do not depend on batching, so a run killed midway and started again
+    generates only the missing ids and yields the same pool. The manifest is rewritten atomically after each
+    batch; entries whose files vanished are generated again.
+
+    Args:
+        model: the trained ``SketchConditionedLDM``.
+        perception: the trained ``SketchPerceptionNet`` (sketches of unannotated images).
+        classes: class names in label order.
+        out_dir: pool folder.
+        image_size: generated image side (the model's training size).
+        num_inference_steps: sampling steps.
+        sampler: ``"ddim"`` or ``"ddpm"``.
+        guidance_scale: classifier-free guidance scale.
+        conditioning_scale: ControlNet scale.
+        batch_size: images per sampling batch.
+        seed: base seed of the pool.
+        cross_class_sketches: take sketches from images of any class (with ``perturb``) rather than the same class.
+        perturb: sketch perturbation probability (0: none).
+        device: torch device.
+    """
+
+    def __init__(
+        self,
+        model: SketchConditionedLDM,
+        perception: SketchPerceptionNet,
+        classes: Sequence[str],
+        out_dir: str | os.PathLike,
+        image_size: int = 64,
+        num_inference_steps: int = 20,
+        sampler: str = "ddim",
+        guidance_scale: float = 2.0,
+        conditioning_scale: float = 1.0,
+        batch_size: int = 16,
+        seed: int = 0,
+        cross_class_sketches: bool = False,
+        perturb: float = 0.5,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        if sampler not in ("ddim", "ddpm"):
+            raise ValueError(f"sampler must be 'ddim' or 'ddpm', got '{sampler}'.")
+        self.model, self.perception = model.eval().to(device), perception.eval().to(device)
+        self.classes = list(classes)
+        if model.num_classes != len(self.classes):
+            raise ValueError(f"the model has {model.num_classes} classes, the class list {len(self.classes)}.")
+        self.out = Path(out_dir)
+        self.image_size, self.steps, self.sampler = image_size, num_inference_steps, sampler
+        self.guidance_scale, self.conditioning_scale = guidance_scale, conditioning_scale
+        self.batch_size, self.seed, self.cross_class, self.perturb = batch_size, seed, cross_class_sketches, perturb
+        self.device = torch.device(device)
+        self.manifest = self.out / "pool.json"
+        self.preprocess = ultrasound_preprocessing(image_size, mask_key=None)
+
+    def _scheduler(self):
+        sched = DDIMScheduler(1000, clip_sample=False) if self.sampler == "ddim" else DDPMScheduler(1000, clip_sample=False)
+        sched.set_timesteps(self.steps)
+        return sched
+
+    def existing(self) -> list[dict]:
+        """Manifest entries whose image and sketch files are still there."""
+        if not self.manifest.is_file():
+            return []
+        doc = load_datalist_file(self.manifest)
+        if doc["classes"] != self.classes:
+            raise ValueError(f"{self.manifest}: pool classes {doc['classes']} differ from {self.classes}.")
+        kept = [i for i in doc.get("training", []) if os.path.isfile(i["image"]) and os.path.isfile(i.get("sketch", ""))]
+        if len(kept) < len(doc.get("training", [])):
+            logger.warning("%s: %d entries point at missing files; they will be generated again.", self.manifest, len(doc["training"]) - len(kept))
+        return kept
+
+    def _jobs(self, targets: Sequence[int], sources: Sequence[dict], done: set[str]) -> list[dict]:
+        by_class = {c: [s for s in sources if s["label"] == c] for c in range(len(self.classes))}
+        jobs = []
+        for c, n in enumerate(targets):
+            pool = sources if self.cross_class or not by_class[c] else by_class[c]
+            if not pool:
+                raise ValueError("no source images to take sketches from.")
+            for k in range(n):
+                uid = f"{self.classes[c]}_{k:05d}"
+                if uid in done:
+                    continue
+                item_seed = int(np.random.default_rng([self.seed, c, k]).integers(2**31 - 1))
+                src = pool[int(np.random.default_rng(item_seed).integers(len(pool)))]
+                jobs.append({"id": uid, "label": c, "seed": item_seed, "source": src["image"]})
+        return jobs
+
+    @torch.no_grad()
+    def _sketches(self, jobs: list[dict]) -> torch.Tensor:
+        images = torch.stack([self.preprocess({"image": j["source"]})["image"] for j in jobs]).to(self.device)
+        sketches = self.perception.predict_sketch(images).cpu()
+        if self.perturb > 0:
+            for i, j in enumerate(jobs):
+                sketches[i] = RandSketchPerturb(prob=self.perturb).set_random_state(j["seed"] % (2**31))(sketches[i])
+        return sketches
+
+    @torch.no_grad()
+    def run(self, targets: Sequence[int], sources: Sequence[dict], verbose: bool = True) -> Path:
+        """Generate until every class ``c`` has ``targets[c]`` images; returns the manifest path.
+
+        Args:
+            targets: images per class (see :func:`plan_targets`).
+            sources: real entries (``image``, ``label``) whose sketches condition generation; masks are not used.
+            verbose: log progress.
+        """
+        if len(targets) != len(self.classes):
+            raise ValueError(f"targets has {len(targets)} entries for {len(self.classes)} classes.")
+        entries = self.existing()
+        wanted = {f"{self.classes[c]}_{k:05d}" for c, n in enumerate(targets) for k in range(n)}
+        entries = [e for e in entries if e["id"] in wanted]
+        jobs = self._jobs(targets, sources, {e["id"] for e in entries})
+        inferer = ClassSketchLatentDiffusionInferer(
+            self._scheduler(), float(self.model.scale_factor), self.guidance_scale, self.conditioning_scale, self.model.null_class
+        )
+        lat = self.model.autoencoder.latent_channels
+        side = self.image_size // self.model.latent_downsample
+        for b in range(0, len(jobs), self.batch_size):
+            batch = jobs[b : b + self.batch_size]
+            sketches = self._sketches(batch)
+            noise = torch.stack([torch.randn(lat, side, side, generator=torch.Generator().manual_seed(j["seed"])) for j in batch])
+            labels = torch.tensor([j["label"] for j in batch])
+            gen = torch.Generator().manual_seed(batch[0]["seed"])
+            images = inferer.sample(
+                noise.to(self.device), self.model.autoencoder, self.model.unet, labels.to(self.device), self.model.controlnet,
+                sketches.to(self.device), scheduler=self._scheduler(), generator=gen,
+            ).cpu()
+            for j, img, sk in zip(batch, images, sketches):
+                folder = self.out / self.classes[j["label"]]
+                img_path, sk_path = folder / f"{j['id']}.png", folder / f"{j['id']}_sketch.png"
+                save_png(img, img_path)
+                save_png(sk, sk_path)
+                entries.append(
+                    {"id": j["id"], "image": str(img_path), "sketch": str(sk_path), "label": j["label"],
+                     "class_name": self.classes[j["label"]], "source": "synthetic", "seed": j["seed"], "sketch_from": j["source"]}
+                )
+            write_datalist(self.manifest, {"training": entries}, self.classes, generator={"seed": self.seed, "steps": self.steps, "sampler": self.sampler})
+            if verbose:
+                logger.info("generated %d/%d images", b + len(batch), len(jobs))
+        if not self.manifest.is_file():  # nothing to do and nothing written yet: an empty pool is still a pool
+            write_datalist(self.manifest, {"training": entries}, self.classes)
+        validate_items(entries, self.classes, str(self.manifest), check_files=True)
+        return self.manifest

@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_ldm
+from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
+
+from monai_breastlt.inferers import ClassSketchLatentDiffusionInferer, drop_class_labels
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = tiny_ldm(3)
+    inferer = ClassSketchLatentDiffusionInferer(DDIMScheduler(100, clip_sample=False), null_class=3)
+    noise = torch.randn(2, 2, 16, 16, generator=torch.Generator().manual_seed(0))
+    sketch = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+    return model, inferer, noise, sketch
+
+
+def _sample(setup, labels=(0, 1), sketch=None, **kw):
+    model, inferer, noise, sk = setup
+    kw.setdefault("num_inference_steps", 4)
+    return inferer.sample(noise, model.autoencoder, model.unet, torch.tensor(labels), model.controlnet, sk if sketch is None else sketch, **kw)
+
+
+def test_training_call_shape_and_noise_check(setup):
+    model, inferer, _, sketch = setup
+    x = torch.rand(2, 1, 32, 32)
+    noise = torch.randn(2, 2, 16, 16)
+    pred = inferer(x, model.autoencoder, model.unet, noise, torch.tensor([3, 70]), torch.tensor([0, 3]), model.controlnet, sketch)
+    assert pred.shape == noise.shape
+    with pytest.raises(ValueError, match="must equal the latent shape"):
+        inferer(x, model.autoencoder, model.unet, torch.randn(2, 2, 8, 8), torch.tensor([3, 70]), torch.tensor([0, 1]))
+
+
+def test_class_sketch_cfg_and_determinism(setup):
+    base = _sample(setup)
+    assert base.shape == (2, 1, 32, 32)
+    assert torch.equal(base, _sample(setup))  # DDIM from the same noise: same images
+    assert not torch.allclose(base, _sample(setup, labels=(2, 2)))  # class changes the output
+    assert not torch.allclose(base, _sample(setup, sketch=torch.zeros(2, 1, 32, 32)))  # sketch changes it
+    assert not torch.allclose(base, _sample(setup, guidance_scale=3.0))  # CFG on vs off
+    no_cn = _sample(setup, conditioning_scale=0.0)
+    assert torch.allclose(no_cn, _sample(setup, sketch=torch.zeros(2, 1, 32, 32), conditioning_scale=0.0), atol=1e-6)
+
+
+def test_ddpm_seeded_and_differs_from_ddim(setup):
+    kw = dict(scheduler=DDPMScheduler(100, clip_sample=False), num_inference_steps=5)
+    a = _sample(setup, generator=torch.Generator().manual_seed(4), **kw)
+    b = _sample(setup, generator=torch.Generator().manual_seed(4), **kw)
+    c = _sample(setup, generator=torch.Generator().manual_seed(5), **kw)
+    assert torch.equal(a, b) and not torch.allclose(a, c)
+    assert not torch.allclose(a, _sample(setup, scheduler=DDIMScheduler(100, clip_sample=False), num_inference_steps=5))
+
+
+def test_cfg_needs_null_class(setup):
+    model, _, noise, sketch = setup
+    inferer = ClassSketchLatentDiffusionInferer(DDIMScheduler(100))
+    with pytest.raises(ValueError, match="needs the inferer's null_class"):
+        inferer.sample(noise, model.autoencoder, model.unet, torch.tensor([0, 1]), guidance_scale=2.0, num_inference_steps=2)
+
+
+def test_drop_class_labels():
+    labels = torch.zeros(1000, dtype=torch.long)
+    dropped = drop_class_labels(labels, 0.3, 9, torch.Generator().manual_seed(0))
+    assert 250 < int((dropped == 9).sum()) < 350 and set(dropped.unique().tolist()) == {0, 9}
+    assert torch.equal(drop_class_labels(labels, 0.0, 9), labels)

@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+from conftest import tiny_ldm
+from PIL import Image
+
+import monai_breastlt.synthesis.generate as gen_mod
+from monai_breastlt.data import load_datalist, load_mixed_datalist
+from monai_breastlt.networks import SketchPerceptionNet
+from monai_breastlt.synthesis import SyntheticPoolGenerator, plan_targets
+
+TARGETS = [1, 2, 0, 3, 1, 2]
+
+
+def _generator(tiny_phantom, out, **kw):
+    _, classes = load_datalist(tiny_phantom)
+    return SyntheticPoolGenerator(tiny_ldm(6), SketchPerceptionNet(features=(4, 4, 8, 8, 16, 4)), classes, out, image_size=32,
+                                  num_inference_steps=2, batch_size=3, **kw)
+
+
+def test_plan_targets():
+    assert plan_targets([10, 4, 1]) == [0, 6, 9]
+    assert plan_targets([10, 4, 1], "up_to", 5) == [0, 1, 4]
+    assert plan_targets([10, 4, 1], "each", 2) == [2, 2, 2]
+    with pytest.raises(ValueError, match="needs a non-negative n"):
+        plan_targets([1], "up_to")
+
+
+def test_generate_kill_and_resume_gives_the_same_pool(tiny_phantom, tmp_path, monkeypatch):
+    sources, _ = load_datalist(tiny_phantom, "training")
+    sources = [{"image": s["image"], "label": s["label"]} for s in sources]  # no masks at generation time
+    ref = _generator(tiny_phantom, tmp_path / "ref").run(TARGETS, sources)
+
+    calls = {"n": 0}
+    real_save = gen_mod.save_png
+
+    def dying_save(array, path):
+        calls["n"] += 1
+        if calls["n"] > 7:  # dies inside the third batch, after two complete batches
+            raise KeyboardInterrupt("killed")
+        real_save(array, path)
+
+    monkeypatch.setattr(gen_mod, "save_png", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        _generator(tiny_phantom, tmp_path / "pool").run(TARGETS, sources)
+    partial = json.loads((tmp_path / "pool" / "pool.json").read_text())["training"]
+    assert len(partial) == 3  # only the first complete batch's manifest was written before the kill
+    monkeypatch.setattr(gen_mod, "save_png", real_save)
+    (tmp_path / "pool" / partial[0]["image"]).unlink()  # a lost file: that entry is generated again
+    manifest = _generator(tiny_phantom, tmp_path / "pool").run(TARGETS, sources)
+
+    items, classes = load_datalist(manifest)
+    ids = [i["id"] for i in items]
+    assert len(ids) == len(set(ids)) == sum(TARGETS)
+    assert Counter(i["label"] for i in items) == {c: n for c, n in enumerate(TARGETS) if n}
+    ref_items = {i["id"]: i for i in load_datalist(ref)[0]}
+    for i in items:
+        assert i["source"] == "synthetic" and i["sketch_from"] and Image.open(i["image"]).size == (32, 32)
+        a, b = np.asarray(Image.open(i["image"]), int), np.asarray(Image.open(ref_items[i["id"]]["image"]), int)
+        assert np.abs(a - b).max() <= 1  # same image as the uninterrupted run (batching may round differently)
+    mixed, _ = load_mixed_datalist(tiny_phantom, manifest)
+    assert sum(m["source"] == "synthetic" for m in mixed) == sum(TARGETS)
+
+
+def test_pool_pointing_at_missing_files_is_named(tiny_phantom, tmp_path):
+    sources, _ = load_datalist(tiny_phantom, "training")
+    manifest = _generator(tiny_phantom, tmp_path / "p").run([1, 0, 0, 0, 0, 0], sources)
+    item = load_datalist(manifest)[0][0]
+    Image.open(item["image"]).close()
+    import os
+
+    os.remove(item["image"])
+    with pytest.raises(FileNotFoundError, match=r"pool.json.*entry 0: image file .* does not exist"):
+        load_mixed_datalist(tiny_phantom, manifest)

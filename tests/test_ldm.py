@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import TINY_LDM, tiny_ldm
+
+from monai_breastlt.networks import SketchConditionedLDM, SketchPerceptionNet, matched_conditioning_channels
+from monai_breastlt.utils import atomic_torch_save, torch_load_safe
+
+
+def test_matched_conditioning_channels():
+    assert matched_conditioning_channels(1) == (16,)
+    assert matched_conditioning_channels(4) == (16, 32, 64)
+    with pytest.raises(ValueError, match="power of 2"):
+        matched_conditioning_channels(3)
+
+
+def test_shapes_and_mismatched_sketch_embedding():
+    model = tiny_ldm(3)
+    x = torch.rand(2, 1, 32, 32)
+    z = model.encode(x)
+    assert z.shape == (2, 2, 16, 16) and model.null_class == 3
+    down, mid = model.controlnet(z, torch.tensor([1, 2]), torch.rand(2, 1, 32, 32), class_labels=torch.tensor([0, 3]))
+    out = model.unet(z, torch.tensor([1, 2]), class_labels=torch.tensor([0, 3]), down_block_additional_residuals=down, mid_block_additional_residual=mid)
+    assert out.shape == z.shape and model.decode(z).shape == x.shape
+    with pytest.raises(ValueError, match="downsample the sketch by 4, but the autoencoder downsamples by 2"):
+        SketchConditionedLDM(3, **{**TINY_LDM, "conditioning_channels": (8, 8, 8)})
+
+
+def test_checkpoint_is_self_describing_and_weights_only(tmp_path):
+    model = tiny_ldm(4)
+    model.scale_factor.fill_(0.7)
+    atomic_torch_save(model.state_dict(), tmp_path / "m.pt")
+    loaded = SketchConditionedLDM.from_state_dict(torch_load_safe(tmp_path / "m.pt"))
+    assert loaded.config == model.config and float(loaded.scale_factor) == pytest.approx(0.7)
+    x = torch.rand(1, 1, 32, 32)
+    assert torch.allclose(loaded.decode(model.encode(x) * 0 + 1), model.decode(model.encode(x) * 0 + 1))
+    with pytest.raises(ValueError, match="architecture"):
+        tiny_ldm(5).load_state_dict(model.state_dict())
+    (tmp_path / "bad.pt").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="bad.pt: cannot be loaded as a weights-only checkpoint"):
+        torch_load_safe(tmp_path / "bad.pt")
+
+
+def test_perception_net():
+    net = SketchPerceptionNet(features=(4, 4, 8, 8, 16, 4))
+    x = torch.rand(2, 1, 32, 32)
+    assert net(x).shape == (2, 2, 32, 32)
+    s = net.predict_sketch(x)
+    assert s.shape == (2, 1, 32, 32) and 0 <= s.min() and s.max() <= 1
