@@ -12,7 +12,7 @@ from typing import IO, Any
 
 import torch
 
-__all__ = ["atomic_open", "atomic_write_json", "atomic_torch_save", "read_json", "root_cause", "torch_load_safe"]
+__all__ = ["atomic_open", "atomic_write_json", "atomic_torch_save", "latest_checkpoint", "read_json", "root_cause", "torch_load_safe"]
 
 
 @contextlib.contextmanager
@@ -87,3 +87,9 @@ def root_cause(exc: BaseException) -> BaseException:
     while exc.__cause__ is not None:
         exc = exc.__cause__
     return exc
+
+
+def latest_checkpoint(folder: str | os.PathLike, pattern: str = "checkpoint*.pt") -> str | None:
+    """The most recent complete checkpoint in ``folder`` (temporary files of an interrupted save are ignored)."""
+    files = [p for p in Path(folder).glob(pattern) if p.is_file() and not p.name.startswith(".")]
+    return str(max(files, key=lambda p: p.stat().st_mtime_ns)) if files else None

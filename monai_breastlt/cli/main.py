@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from monai_breastlt import __version__
 from monai_breastlt.cli import data as data_cmds
+from monai_breastlt.cli import demo as demo_cmds
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"monai-breastlt {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="command")
     data_cmds.add_parsers(sub)
+    demo_cmds.add_parsers(sub)
     return parser
 
 

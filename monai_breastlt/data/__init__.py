@@ -9,6 +9,7 @@ from .datalist import (
     load_datalist,
     load_datalist_file,
     load_mixed_datalist,
+    load_training_data,
     merge_rare_classes,
     read_csv_datalist,
     scan_class_folder,

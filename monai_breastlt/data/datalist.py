@@ -36,6 +36,7 @@ __all__ = [
     "merge_rare_classes",
     "items_labels",
     "load_mixed_datalist",
+    "load_training_data",
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
@@ -380,3 +381,29 @@ def load_mixed_datalist(
     syn = [i for k, v in doc.items() if isinstance(v, list) and k != "classes" for i in v]
     syn = validate_items([{**i, "source": "synthetic"} for i in syn], classes, str(pool), check_files=check_files)
     return items + syn, classes
+
+
+def load_training_data(
+    datalist: str | os.PathLike,
+    pool: str | os.PathLike | None = None,
+    section: str = "training",
+    head_ratio: float = 0.5,
+    tail_ratio: float = 0.1,
+) -> dict[str, Any]:
+    """Everything a classification config needs from the data in one object.
+
+    Returns:
+        ``{"items", "classes", "real_counts", "groups", "synthetic_count"}``: real entries then the pool's,
+        the class names, the real training count per class and its head/medium/tail groups.
+    """
+    from monai_breastlt.data.profile import long_tail_profile  # profile imports nothing of this module
+
+    items, classes = load_mixed_datalist(datalist, pool, section)
+    prof = long_tail_profile([i["label"] for i in items if i["source"] == "real"], classes, head_ratio, tail_ratio)
+    return {
+        "items": items,
+        "classes": classes,
+        "real_counts": prof.counts,
+        "groups": prof.groups,
+        "synthetic_count": sum(i["source"] == "synthetic" for i in items),
+    }

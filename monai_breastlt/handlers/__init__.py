@@ -1,3 +1,5 @@
 from __future__ import annotations
 
 from .adaptive_sampler import AdaptiveSamplerHandler
+from .checkpoint import ResumeCheckpointLoader, ResumeCheckpointSaver
+from .report import LongTailReportHandler

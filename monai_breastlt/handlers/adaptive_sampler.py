@@ -27,18 +27,24 @@ class AdaptiveSamplerHandler:
     """
     After each validation, feed the per-class report to the ratio policy and set the sampler's ratios.
 
-    Attach it to the **evaluator** (``attach(evaluator)``); the evaluator needs a
-    :py:class:`monai_breastlt.metrics.LongTailMetric` named ``metric_name``. The ratio history (one row per
-    validation, with the epoch) is kept in ``trainer.state.ratio_history`` and logged as ``ratio/<class>``
-    metrics to the active MLflow run, if any. Failures of MLflow are logged as warnings; training goes on.
+    Attach it to the **trainer**, after MONAI's ``ValidationHandler`` (handlers run in attachment order, so list
+    it after the ``ValidationHandler`` in ``train_handlers``). It reads the report of the evaluator's
+    :py:class:`monai_breastlt.metrics.LongTailMetric` named ``metric_name``. The ratios are
+
+    - kept per validation in ``trainer.state.ratio_history`` (``{"epoch", "ratios"}`` rows);
+    - put in ``trainer.state.metrics`` as ``ratio/<class>``, so MONAI's ``MLFlowHandler`` (``--tracking mlflow``)
+      logs them per epoch;
+    - logged to the active MLflow run, if the user started one with ``mlflow.start_run()``.
+
+    MLflow failures are logged as warnings; training goes on.
 
     Args:
         sampler: the training loader's :py:class:`~monai_breastlt.data.AdaptiveRatioSampler`.
         policy: any :py:class:`~monai_breastlt.rl.RatioPolicy` (fixed, heuristic, multi-agent PPO).
-        trainer: the training engine (for the epoch, progress and the history in its state).
+        evaluator: the validation engine run by ``ValidationHandler``.
         metric_name: name of the ``LongTailMetric`` in the evaluator.
         class_names: names used in logs (default ``class_<i>``).
-        log_mlflow: log ratios to the active MLflow run.
+        log_mlflow: log ratios to an active fluent MLflow run.
         initial_ratios: ratios before the first validation (default: the sampler's current ones).
     """
 
@@ -46,7 +52,7 @@ class AdaptiveSamplerHandler:
         self,
         sampler: AdaptiveRatioSampler,
         policy: RatioPolicy,
-        trainer: Engine,
+        evaluator: Engine,
         metric_name: str = "long_tail",
         class_names: Sequence[str] | None = None,
         log_mlflow: bool = True,
@@ -54,7 +60,7 @@ class AdaptiveSamplerHandler:
     ) -> None:
         self.sampler = sampler
         self.policy = policy
-        self.trainer = trainer
+        self.evaluator = evaluator
         self.metric_name = metric_name
         self.class_names = list(class_names) if class_names is not None else [f"class_{i}" for i in range(sampler.num_classes)]
         if len(self.class_names) != sampler.num_classes:
@@ -68,21 +74,23 @@ class AdaptiveSamplerHandler:
         self.logger = logging.getLogger(__name__)
 
     def attach(self, engine: Engine) -> None:
-        """Register on the evaluator's ``EPOCH_COMPLETED``."""
+        """Register on the trainer's ``EPOCH_COMPLETED``."""
         if not engine.has_event_handler(self, Events.EPOCH_COMPLETED):
             engine.add_event_handler(Events.EPOCH_COMPLETED, self)
-        if not hasattr(self.trainer.state, "ratio_history"):
-            self.trainer.state.ratio_history = []
+        if not hasattr(engine.state, "ratio_history"):
+            engine.state.ratio_history = []
 
     def __call__(self, engine: Engine) -> None:
+        if self.evaluator.state.epoch != engine.state.epoch:  # no validation this epoch (interval > 1)
+            return
         start = time.perf_counter()
-        details = getattr(engine.state, "metric_details", None) or {}
+        details = getattr(self.evaluator.state, "metric_details", None) or {}
         if self.metric_name not in details:
             raise KeyError(
                 f"AdaptiveSamplerHandler: the evaluator has no LongTailMetric named '{self.metric_name}' "
                 f"(metric details present: {sorted(details)})."
             )
-        state = self.trainer.state
+        state = engine.state
         progress = state.epoch / max(state.max_epochs or 1, 1)
         ratios = np.asarray(self.policy.update(details[self.metric_name], progress), dtype=float)
         self.sampler.set_ratios(ratios)
@@ -90,6 +98,7 @@ class AdaptiveSamplerHandler:
         if not hasattr(state, "ratio_history"):
             state.ratio_history = []
         state.ratio_history.append(row)
+        state.metrics.update({f"ratio/{n}": r for n, r in zip(self.class_names, row["ratios"])})
         self.seconds += time.perf_counter() - start
         self.logger.info("epoch %d synthetic ratios: %s", state.epoch, ", ".join(f"{r:.2f}" for r in row["ratios"]))
         if self.log_mlflow:
@@ -104,14 +113,9 @@ class AdaptiveSamplerHandler:
             self.logger.warning("MLflow logging of the synthetic ratios failed (%s); training goes on.", e)
 
     def state_dict(self) -> dict:
-        """Policy and sampler state plus the history: what a resumed run needs (use with ``CheckpointSaver``)."""
-        return {
-            "policy": self.policy.state_dict(),
-            "sampler": self.sampler.state_dict(),
-            "history": list(getattr(self.trainer.state, "ratio_history", [])),
-        }
+        """Policy and sampler state (use with ``CheckpointSaver`` to resume)."""
+        return {"policy": self.policy.state_dict(), "sampler": self.sampler.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.policy.load_state_dict(state["policy"])
         self.sampler.load_state_dict(state["sampler"])
-        self.trainer.state.ratio_history = list(state.get("history", []))

@@ -148,3 +148,6 @@ class LongTailMetric(Metric):
             details = {}
             engine.state.metric_details = details
         details[name] = self.report
+        for key in REPORT_SCALARS:  # each figure as its own metric, so MLFlowHandler/StatsHandler log them
+            if key != self.key:
+                engine.state.metrics[f"{name}_{key}"] = self.report[key]

@@ -7,8 +7,10 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from ignite.engine import Events
 from monai.engines import PrepareBatch, SupervisedTrainer
 from monai.networks.nets import PatchDiscriminator
+from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys
 
 from monai_breastlt.inferers import ClassSketchLatentDiffusionInferer, drop_class_labels
@@ -95,10 +97,12 @@ class AutoencoderTrainer(SupervisedTrainer):
             d_loss = 0.5 * (F.mse_loss(fake, torch.zeros_like(fake)) + F.mse_loss(real, torch.ones_like(real)))
             d_loss.backward()
             self.d_optimizer.step()
-        return {
+        engine.state.output = {
             CommonKeys.IMAGE: images, CommonKeys.PRED: recon.detach(), CommonKeys.LOSS: loss.detach(),
             "recon_loss": rec.detach(), "kl_loss": kl.detach(), "adv_loss": adv.detach(), "d_loss": d_loss.detach(),
         }
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)  # as SupervisedTrainer: decollation and metrics hook here
+        return engine.state.output
 
 
 @torch.no_grad()
@@ -132,6 +136,9 @@ class LatentDiffusionTrainer(SupervisedTrainer):
         train_unet: in the ControlNet stage, fine-tune the UNet jointly.
         class_dropout: probability of replacing a label by the null class.
         seed: seed of the noise, timesteps and label dropout generator.
+        scale_factor_batches: at start (after checkpoint loaders ran), set the latent scale factor from this many
+            batches (0: keep the model's).
+        init_controlnet: at start, copy the UNet's weights into the ControlNet (first ControlNet run only).
         image_key, label_key, sketch_key: batch keys.
         kwargs: passed to ``SupervisedTrainer``.
     """
@@ -148,18 +155,32 @@ class LatentDiffusionTrainer(SupervisedTrainer):
         train_unet: bool = True,
         class_dropout: float = 0.1,
         seed: int = 0,
+        scale_factor_batches: int = 0,
+        init_controlnet: bool = False,
         image_key: str = "image",
         label_key: str = "label",
         sketch_key: str = "sketch",
         **kwargs,
     ) -> None:
         super().__init__(device, max_epochs, train_data_loader, network, optimizer, loss_function=nn.MSELoss(), inferer=inferer, **kwargs)
+        self.scale_factor_batches, self.init_controlnet = scale_factor_batches, init_controlnet
+        # registered after the train handlers, so a CheckpointLoader has restored the previous stage first
+        self.add_event_handler(Events.STARTED, self._prepare_stage)
         self.use_controlnet, self.train_unet, self.class_dropout = use_controlnet, train_unet, class_dropout
         self.image_key, self.label_key, self.sketch_key = image_key, label_key, sketch_key
         self.generator = torch.Generator().manual_seed(seed)
         network.autoencoder.requires_grad_(False)
         network.unet.requires_grad_(train_unet or not use_controlnet)
         network.controlnet.requires_grad_(use_controlnet)
+
+    def _prepare_stage(self, engine) -> None:
+        if engine.state.iteration > 0:  # resumed mid-stage: the checkpoint holds the prepared model
+            return
+        if self.scale_factor_batches > 0:
+            scale = compute_scale_factor(self.network, self.data_loader, engine.state.device, self.image_key, self.scale_factor_batches)
+            self.logger.info(f"latent scale factor set to {scale:.4f}")
+        if self.init_controlnet:
+            self.network.init_controlnet_from_unet()
 
     @staticmethod
     def trainable_parameters(network: SketchConditionedLDM, use_controlnet: bool = False, train_unet: bool = True) -> list:
@@ -188,4 +209,6 @@ class LatentDiffusionTrainer(SupervisedTrainer):
         loss = self.loss_function(pred.float(), noise.float())
         loss.backward()
         self.optimizer.step()
-        return {CommonKeys.IMAGE: images, CommonKeys.PRED: pred.detach(), CommonKeys.LABEL: noise, CommonKeys.LOSS: loss.detach()}
+        engine.state.output = {CommonKeys.IMAGE: images, CommonKeys.PRED: pred.detach(), CommonKeys.LABEL: noise, CommonKeys.LOSS: loss.detach()}
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return engine.state.output

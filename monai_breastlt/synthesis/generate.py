@@ -18,6 +18,7 @@ from monai_breastlt.inferers import ClassSketchLatentDiffusionInferer
 from monai_breastlt.networks import SketchConditionedLDM, SketchPerceptionNet
 from monai_breastlt.transforms import RandSketchPerturb, ultrasound_preprocessing
 from monai_breastlt.utils import atomic_open
+from monai_breastlt.visualize import save_sample_grid
 
 __all__ = ["plan_targets", "save_png", "SyntheticPoolGenerator"]
 
@@ -201,4 +202,11 @@ class SyntheticPoolGenerator:
         if not self.manifest.is_file():  # nothing to do and nothing written yet: an empty pool is still a pool
             write_datalist(self.manifest, {"training": entries}, self.classes)
         validate_items(entries, self.classes, str(self.manifest), check_files=True)
+        if entries:
+            by_class: dict[str, list] = {}
+            for e in sorted(entries, key=lambda e: e["id"]):
+                imgs = by_class.setdefault(e["class_name"], [])
+                if len(imgs) < 6:
+                    imgs.append(np.asarray(Image.open(e["image"]), dtype=np.float32) / 255.0)
+            save_sample_grid(by_class, self.out / "sample_grid.png")
         return self.manifest

@@ -96,13 +96,13 @@ class ValidateUltrasoundd(MapTransform):
 
     Args:
         keys: the image key.
-        mask_key: the mask key (may be absent from a sample).
+        mask_key: the mask key (may be absent from a sample); ``None``: no mask is loaded.
         allow_missing_keys: don't raise if the image key is missing.
     """
 
     backend = [TransformBackends.TORCH]
 
-    def __init__(self, keys: KeysCollection = "image", mask_key: str = "mask", allow_missing_keys: bool = False) -> None:
+    def __init__(self, keys: KeysCollection = "image", mask_key: str | None = "mask", allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         self.mask_key = mask_key
 
@@ -114,7 +114,7 @@ class ValidateUltrasoundd(MapTransform):
             t = torch.as_tensor(img)
             if not torch.isfinite(t).all():
                 raise ValueError(f"{src}: image has {int((~torch.isfinite(t)).sum())} NaN/Inf pixels.")
-            if self.mask_key in d and d[self.mask_key] is not None:
+            if self.mask_key is not None and d.get(self.mask_key) is not None:
                 mask = d[self.mask_key]
                 if tuple(mask.shape[1:]) != tuple(img.shape[1:]):
                     raise ValueError(
@@ -150,7 +150,7 @@ def ultrasound_preprocessing(
         [
             LoadImaged(all_keys, reader=PILReader(reverse_indexing=False), ensure_channel_first=True, allow_missing_keys=True),
             EnsureGrayscaled(keys, allow_missing_keys=True),
-            ValidateUltrasoundd(image_key, mask_key=mask_key or "mask"),
+            ValidateUltrasoundd(image_key, mask_key=mask_key),
             Resized(keys, spatial_size=size, mode="bilinear", anti_aliasing=True, allow_missing_keys=True),
             *([Resized(mask_key, spatial_size=size, mode="nearest", allow_missing_keys=True)] if mask_key else []),
             ScaleIntensityd(keys, minv=0.0, maxv=1.0, allow_missing_keys=True),

@@ -1,0 +1,96 @@
+"""``LongTailReportHandler``: report JSON, confusion matrix and ratio plots, logged to MLflow as artifacts."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from monai.utils import IgniteInfo, min_version, optional_import
+
+from monai_breastlt.utils import atomic_write_json
+from monai_breastlt.visualize import plot_confusion_matrix, plot_ratio_trajectory
+
+Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
+mlflow, _ = optional_import("mlflow")
+MLFlowHandler, _ = optional_import("monai.handlers", name="MLFlowHandler")
+if TYPE_CHECKING:
+    from ignite.engine import Engine
+else:
+    Engine, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine", as_type="decorator")
+
+__all__ = ["LongTailReportHandler"]
+
+
+class LongTailReportHandler:
+    """
+    When the engine completes, write ``<output_dir>/<prefix>report.json`` (the evaluator's long-tail report),
+    ``confusion_matrix.png`` and, for a trainer with a ratio history, ``ratio_trajectory.png``; then log them as
+    artifacts of the run of MONAI's ``MLFlowHandler`` attached to the same engine (``--tracking mlflow``), or of
+    the active fluent MLflow run. MLflow failures are warnings.
+
+    Attach it before MONAI's ``MLFlowHandler`` closes the run: list it in the engine's handlers (the tracking
+    patch appends its handler last).
+
+    Args:
+        output_dir: folder of the files.
+        class_names: class names in label order.
+        evaluator: the engine holding the ``LongTailMetric`` details (default: the attached engine).
+        metric_name: the ``LongTailMetric`` name.
+        prefix: file name prefix (e.g. ``"test_"``).
+        extra_artifacts: further files or folders to log (e.g. the checkpoint folder).
+    """
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        class_names: Sequence[str],
+        evaluator: Engine | None = None,
+        metric_name: str = "long_tail",
+        prefix: str = "",
+        extra_artifacts: Sequence[str | os.PathLike] = (),
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.class_names = list(class_names)
+        self.evaluator, self.metric_name, self.prefix = evaluator, metric_name, prefix
+        self.extra_artifacts = [Path(p) for p in extra_artifacts]
+        self.files: list[Path] = []
+        self.logger = logging.getLogger(__name__)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        source = self.evaluator or engine
+        report = (getattr(source.state, "metric_details", None) or {}).get(self.metric_name)
+        self.files = []
+        out = self.output_dir
+        if report is not None:
+            history = getattr(engine.state, "ratio_history", [])
+            atomic_write_json({"classes": self.class_names, **report, "ratio_history": history}, out / f"{self.prefix}report.json")
+            plot_confusion_matrix(report["confusion_matrix"], self.class_names, out / f"{self.prefix}confusion_matrix.png")
+            self.files += [out / f"{self.prefix}report.json", out / f"{self.prefix}confusion_matrix.png"]
+        history = getattr(engine.state, "ratio_history", None)
+        if history:
+            plot_ratio_trajectory(history, self.class_names, out / f"{self.prefix}ratio_trajectory.png")
+            self.files.append(out / f"{self.prefix}ratio_trajectory.png")
+        self._log_artifacts(engine)
+
+    def _log_artifacts(self, engine: Engine) -> None:
+        paths = self.files + [p for p in self.extra_artifacts if p.exists()]
+        try:
+            handler = next(
+                (getattr(h, "__self__", h) for h, *_ in engine._event_handlers.get(Events.COMPLETED, [])
+                 if isinstance(getattr(h, "__self__", h), MLFlowHandler)),
+                None,
+            )
+            for p in paths:
+                if handler is not None and handler.cur_run is not None:
+                    log = handler.client.log_artifacts if p.is_dir() else handler.client.log_artifact
+                    log(handler.cur_run.info.run_id, str(p))
+                elif mlflow.active_run() is not None:
+                    (mlflow.log_artifacts if p.is_dir() else mlflow.log_artifact)(str(p))
+        except Exception as e:  # a locked or full store must not fail the run
+            self.logger.warning("MLflow artifact logging failed (%s); the files stay in %s.", e, self.output_dir)

@@ -1,0 +1,45 @@
+"""Build a ratio policy by name, so a bundle switches policies with one override."""
+
+from __future__ import annotations
+
+from monai_breastlt.rl.agents import MultiAgentRatioPolicy
+from monai_breastlt.rl.policies import FixedRatioPolicy, HeuristicRatioPolicy, RatioPolicy
+
+__all__ = ["POLICY_NAMES", "build_ratio_policy"]
+
+POLICY_NAMES = ("rl", "heuristic", "fixed", "fill", "none")
+
+
+def build_ratio_policy(
+    name: str = "rl",
+    ratio: float = 0.5,
+    step: float = 0.1,
+    max_ratio: float = 0.9,
+    n_steps: int = 4,
+    seed: int = 0,
+    model_path: str | None = None,
+    **kwargs,
+) -> RatioPolicy:
+    """
+    Args:
+        name: ``"rl"`` (multi-agent PPO), ``"heuristic"``, ``"fixed"`` (``ratio`` for every class), ``"fill"``
+            (top up to the head class) or ``"none"`` (real data only).
+        ratio: the ratio of ``"fixed"``.
+        step: ratio step of ``"rl"`` and ``"heuristic"``.
+        max_ratio: upper bound of every ratio.
+        n_steps: validations between PPO updates (``"rl"``).
+        seed: PPO seed (``"rl"``).
+        model_path: a pre-trained PPO policy (``"rl"``).
+        kwargs: further arguments of the chosen class.
+    """
+    if name == "rl":
+        return MultiAgentRatioPolicy(step=step, max_ratio=max_ratio, n_steps=n_steps, seed=seed, model_path=model_path, **kwargs)
+    if name == "heuristic":
+        return HeuristicRatioPolicy(step=step, max_ratio=max_ratio, **kwargs)
+    if name == "fixed":
+        return FixedRatioPolicy(ratio, max_ratio=max_ratio)
+    if name == "fill":
+        return FixedRatioPolicy("fill", max_ratio=max_ratio)
+    if name == "none":
+        return FixedRatioPolicy(0.0, max_ratio=max_ratio)
+    raise ValueError(f"policy name must be one of {POLICY_NAMES}, got '{name}'.")

@@ -1,0 +1,91 @@
+"""Figures for reports and MLflow: confusion matrix, ratio trajectories, per-class sample grid."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from monai_breastlt.utils import atomic_open
+
+__all__ = ["plot_confusion_matrix", "plot_ratio_trajectory", "save_sample_grid"]
+
+
+def _figure_to(path: str | os.PathLike, fig) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    with atomic_open(path, "wb") as f:
+        f.write(buf.getvalue())
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_confusion_matrix(cm: Sequence[Sequence[int]], class_names: Sequence[str], path: str | os.PathLike, title: str = "") -> None:
+    """Row-normalised confusion matrix (recall on the diagonal) with counts, true classes on the rows."""
+    plt = _plt()
+    cm = np.asarray(cm, dtype=float)
+    rows = cm.sum(1, keepdims=True)
+    norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+    n = len(class_names)
+    fig, ax = plt.subplots(figsize=(1.1 * n + 3, 0.9 * n + 2.5))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    labels = [f"{c.replace('_', ' ')} (n={int(r)})" for c, r in zip(class_names, rows[:, 0])]
+    ax.set_xticks(range(n), [c.replace("_", " ") for c in class_names], rotation=40, ha="right")
+    ax.set_yticks(range(n), labels)
+    for i in range(n):
+        for j in range(n):
+            if cm[i, j]:
+                ax.text(j, i, f"{100 * norm[i, j]:.0f}%\n({int(cm[i, j])})", ha="center", va="center", fontsize=8,
+                        color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted subtype")
+    ax.set_ylabel("true subtype (test images)")
+    ax.set_title(title or "Confusion matrix (row %: recall)")
+    _figure_to(path, fig)
+    plt.close(fig)
+
+
+def plot_ratio_trajectory(history: Sequence[dict], class_names: Sequence[str], path: str | os.PathLike, counts: Sequence[int] | None = None) -> None:
+    """Synthetic fraction per class over epochs (``history`` rows: ``{"epoch", "ratios"}``)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if history:
+        epochs = [h["epoch"] for h in history]
+        ratios = np.asarray([h["ratios"] for h in history])
+        for c, name in enumerate(class_names):
+            label = name.replace("_", " ") + (f" ({counts[c]} real)" if counts is not None else "")
+            ax.plot(epochs, 100 * ratios[:, c], marker="o", label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("synthetic share of the class's samples (%)")
+    ax.set_ylim(-2, 102)
+    ax.set_title("Synthetic/real mix chosen per subtype")
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1, 0.5))
+    ax.grid(alpha=0.3)
+    _figure_to(path, fig)
+    plt.close(fig)
+
+
+def save_sample_grid(images_by_class: dict[str, Sequence[np.ndarray]], path: str | os.PathLike, per_class: int = 6) -> None:
+    """One row per class of up to ``per_class`` grey images in [0, 1], class names on the left."""
+    plt = _plt()
+    names = list(images_by_class)
+    fig, axes = plt.subplots(len(names), per_class, figsize=(1.4 * per_class + 1.5, 1.4 * len(names)), squeeze=False)
+    for r, name in enumerate(names):
+        imgs = list(images_by_class[name])[:per_class]
+        for c in range(per_class):
+            ax = axes[r][c]
+            ax.axis("off")
+            if c < len(imgs):
+                ax.imshow(np.asarray(imgs[c]).squeeze(), cmap="gray", vmin=0, vmax=1)
+        axes[r][0].text(-0.1, 0.5, name.replace("_", " "), transform=axes[r][0].transAxes, ha="right", va="center", fontsize=9)
+    fig.suptitle("Synthetic samples per subtype")
+    _figure_to(path, fig)
+    plt.close(fig)

@@ -1,0 +1,109 @@
+"""The two bundles run through `python -m monai.bundle run` (subprocess) and `ConfigWorkflow` (the demo)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from monai_breastlt.cli.demo import TINY_NETS, default_bundles_dir, run_bundle
+from monai_breastlt.cli.main import main
+
+BUNDLES = default_bundles_dir()
+CLS, SYN = BUNDLES / "breastlt_classification", BUNDLES / "breastlt_synthesis"
+
+
+def _bundle_cli(*args, cwd):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def _runs(db: Path):
+    client = MlflowClient(f"sqlite:///{db}")
+    exps = client.search_experiments()
+    return client, client.search_runs([e.experiment_id for e in exps])
+
+
+def test_classification_bundle_cli_with_mlflow(tiny_phantom, tmp_path):
+    out = tmp_path / "cls"
+    _bundle_cli(
+        "run", "--bundle_root", str(CLS), "--config_file", str(CLS / "configs/train.yaml"),
+        "--meta_file", str(CLS / "configs/metadata.json"), "--logging_file", str(CLS / "configs/logging.conf"),
+        "--dataset_dir", str(tiny_phantom.parent), "--output_dir", str(out), "--max_epochs", "2",
+        "--image_size", "32", "--batch_size", "8", "--policy_name", "heuristic", "--tracking", "mlflow",
+        cwd=tmp_path,
+    )
+    client, runs = _runs(out / "mlruns.db")
+    assert len(runs) == 1
+    run = runs[0]
+    metrics = run.data.metrics
+    assert {"train_loss", "long_tail", "long_tail_balanced_accuracy", "ratio/cyst", "ratio/phyllodes_tumor"} <= set(metrics)
+    assert len(client.get_metric_history(run.info.run_id, "ratio/cyst")) == 2  # one per epoch
+    assert run.data.params["max_epochs"] == "2"
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"model.pt", "val_confusion_matrix.png", "val_ratio_trajectory.png", "val_report.json"} <= artifacts
+    report = json.loads((out / "val_report.json").read_text())
+    assert len(report["ratio_history"]) == 2 and len(report["confusion_matrix"]) == 6
+    _bundle_cli(
+        "verify_net_in_out", "network_def", "--meta_file", str(CLS / "configs/metadata.json"),
+        "--config_file", str(CLS / "configs/train.yaml"), "--dataset_dir", str(tiny_phantom.parent), cwd=tmp_path,
+    )
+    _bundle_cli(
+        "ckpt_export", "network_def", "--filepath", str(tmp_path / "model.ts"), "--ckpt_file", str(out / "models/model.pt"),
+        "--meta_file", str(CLS / "configs/metadata.json"), "--config_file", str(CLS / "configs/train.yaml"),
+        "--dataset_dir", str(tiny_phantom.parent), "--input_shape", "[1,1,32,32]", cwd=tmp_path,
+    )
+    assert (tmp_path / "model.ts").stat().st_size > 0
+    # resume: the interval checkpoint restores the epoch, then trains to the new max_epochs
+    run_bundle(CLS, ["train.yaml"], dataset_dir=str(tiny_phantom.parent), output_dir=str(out), max_epochs=3,
+               image_size=32, batch_size=8, policy_name="heuristic", resume=True)
+    assert (out / "models/checkpoint_epoch=3.pt").is_file()
+    history = json.loads((out / "val_report.json").read_text())["ratio_history"]
+    assert [h["epoch"] for h in history] == [3]  # resumed after epoch 2: only epoch 3 was trained
+    # inference: class probabilities per test image
+    run_bundle(CLS, ["train.yaml", "inference.yaml"], workflow_type="infer", dataset_dir=str(tiny_phantom.parent),
+               output_dir=str(out), image_size=32, batch_size=8)
+    rows = (out / "predictions.csv").read_text().strip().splitlines()
+    assert len(rows) == len(json.loads(tiny_phantom.read_text())["test"]) and len(rows[0].split(",")) == 7
+
+
+def test_synthesis_stage_cli(tiny_phantom, tmp_path):
+    overrides = [x for k, v in TINY_NETS.items() for x in (f"--{k}", json.dumps(v).replace(" ", "").lower())]
+    _bundle_cli(
+        "run", "--bundle_root", str(SYN), "--config_file", str([str(SYN / "configs/common.yaml"), str(SYN / "configs/train_autoencoder.yaml")]),
+        "--meta_file", str(SYN / "configs/metadata.json"), "--dataset_dir", str(tiny_phantom.parent),
+        "--output_dir", str(tmp_path / "syn"), "--max_epochs", "1", "--image_size", "32", "--batch_size", "8", "--tracking", "mlflow",
+        *overrides, cwd=tmp_path,
+    )
+    assert (tmp_path / "syn/models/ldm.pt").is_file()
+    client, runs = _runs(tmp_path / "syn/mlruns.db")
+    assert "train_loss" in runs[0].data.metrics
+
+
+def test_demo_fast_end_to_end(tmp_path, capsys):
+    assert main(["demo", "--fast", "--out", str(tmp_path / "demo")]) == 0
+    text = capsys.readouterr().out
+    assert "| rl_sampler |" in text and "| plain_ce |" in text and "mlflow ui --backend-store-uri sqlite:///" in text
+    pool = json.loads((tmp_path / "demo/data/pool/pool.json").read_text())["training"]
+    assert pool and all(p["source"] == "synthetic" for p in pool)
+    assert (tmp_path / "demo/data/pool/sample_grid.png").is_file()
+    client, runs = _runs(tmp_path / "demo/mlruns.db")
+    names = {r.info.run_name for r in runs}
+    assert {"rl_sampler", "plain_ce"} <= names
+    rl = next(r for r in runs if r.info.run_name == "rl_sampler")
+    assert any(k.startswith("ratio/") for k in rl.data.metrics)
+    for arm in ("rl_sampler", "plain_ce"):
+        report = json.loads((tmp_path / f"demo/classification/{arm}/test_report.json").read_text())
+        assert 0 <= report["macro_f1"] <= 1
+
+
+def test_demo_without_bundles_is_a_clear_error(tmp_path, capsys):
+    assert main(["demo", "--fast", "--out", str(tmp_path), "--bundles", str(tmp_path / "nope")]) == 2
+    assert "bundle not found" in capsys.readouterr().err
