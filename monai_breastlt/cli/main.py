@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from monai_breastlt import __version__
+from monai_breastlt.cli import bench as bench_cmds
 from monai_breastlt.cli import data as data_cmds
 from monai_breastlt.cli import demo as demo_cmds
 
@@ -22,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="command")
     data_cmds.add_parsers(sub)
     demo_cmds.add_parsers(sub)
+    bench_cmds.add_parsers(sub)
     return parser
 
 
