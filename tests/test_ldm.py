@@ -48,3 +48,12 @@ def test_perception_net():
     assert net(x).shape == (2, 2, 32, 32)
     s = net.predict_sketch(x)
     assert s.shape == (2, 1, 32, 32) and 0 <= s.min() and s.max() <= 1
+
+
+def test_noise_schedule_travels_with_the_model():
+    model = SketchConditionedLDM(2, **{**TINY_LDM, "noise_schedule": {"num_train_timesteps": 50, "schedule": "linear_beta"}})
+    again = SketchConditionedLDM.from_state_dict(model.state_dict())
+    ddpm, ddim = again.make_scheduler("ddpm"), again.make_scheduler("ddim", 5)
+    assert ddpm.num_train_timesteps == 50 and torch.allclose(ddpm.betas, ddim.betas) and len(ddim.timesteps) == 5
+    default = tiny_ldm(2).make_scheduler()
+    assert default.betas[0] == pytest.approx(0.0015) and default.betas[-1] == pytest.approx(0.0195, rel=1e-3)

@@ -17,8 +17,8 @@ from monai_breastlt.data import generate_phantom
 PROFILES = {
     "fast": dict(image_size=32, head_count=24, imbalance_ratio=8, ae_epochs=1, perception_epochs=1, unet_epochs=1,
                  controlnet_epochs=1, steps=3, cls_epochs=3, batch_size=8, tiny=True),
-    "default": dict(image_size=64, head_count=150, imbalance_ratio=50, ae_epochs=5, perception_epochs=4, unet_epochs=15,
-                    controlnet_epochs=8, steps=10, cls_epochs=12, batch_size=16, tiny=False),
+    "default": dict(image_size=64, head_count=150, imbalance_ratio=50, ae_epochs=3, perception_epochs=3, unet_epochs=10,
+                    controlnet_epochs=5, steps=8, cls_epochs=10, batch_size=16, tiny=False),
 }
 TINY_NETS = {
     "ldm_def#ae_channels": [8, 16], "ldm_def#unet_channels": [16, 32], "ldm_def#unet_attention": [False, True],

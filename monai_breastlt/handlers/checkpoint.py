@@ -15,7 +15,18 @@ else:
 __all__ = ["ResumeCheckpointSaver", "ResumeCheckpointLoader"]
 
 
-class ResumeCheckpointSaver(CheckpointSaver):
+class _IncludesEngine:
+    """Adds the engine a checkpoint handler is attached to into its object dict (ignite's ``Checkpoint`` holds it)."""
+
+    engine_key: str
+    _objects_attr: str
+
+    def attach(self, engine: Engine) -> None:
+        getattr(self, self._objects_attr)[self.engine_key] = engine
+        super().attach(engine)  # type: ignore[misc]
+
+
+class ResumeCheckpointSaver(_IncludesEngine, CheckpointSaver):
     """
     MONAI's ``CheckpointSaver`` that also saves the engine it is attached to (epoch, iteration) under
     ``engine_key``. A bundle config cannot list the trainer in the ``save_dict`` of one of the trainer's own
@@ -27,16 +38,14 @@ class ResumeCheckpointSaver(CheckpointSaver):
         kwargs: passed to ``CheckpointSaver``.
     """
 
+    _objects_attr = "save_dict"
+
     def __init__(self, engine_key: str = "trainer", **kwargs) -> None:
         super().__init__(**kwargs)
         self.engine_key = engine_key
 
-    def attach(self, engine: Engine) -> None:
-        self.save_dict[self.engine_key] = engine  # ignite's Checkpoint holds this same dict
-        super().attach(engine)
 
-
-class ResumeCheckpointLoader(CheckpointLoader):
+class ResumeCheckpointLoader(_IncludesEngine, CheckpointLoader):
     """
     MONAI's ``CheckpointLoader`` (``weights_only=True``) that also restores the engine it is attached to, the
     counterpart of :py:class:`ResumeCheckpointSaver`.
@@ -46,10 +55,8 @@ class ResumeCheckpointLoader(CheckpointLoader):
         kwargs: passed to ``CheckpointLoader``.
     """
 
+    _objects_attr = "load_dict"
+
     def __init__(self, engine_key: str = "trainer", **kwargs) -> None:
         super().__init__(**kwargs)
         self.engine_key = engine_key
-
-    def attach(self, engine: Engine) -> None:
-        self.load_dict[self.engine_key] = engine
-        super().attach(engine)

@@ -8,8 +8,12 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 from monai.networks.nets import AutoencoderKL, ControlNet, DiffusionModelUNet
+from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, Scheduler
 
-__all__ = ["SketchConditionedLDM", "matched_conditioning_channels"]
+__all__ = ["SketchConditionedLDM", "matched_conditioning_channels", "DEFAULT_NOISE_SCHEDULE"]
+
+# the latent-diffusion schedule of MONAI's 2D LDM tutorials
+DEFAULT_NOISE_SCHEDULE = {"num_train_timesteps": 1000, "schedule": "scaled_linear_beta", "beta_start": 0.0015, "beta_end": 0.0195}
 
 
 def matched_conditioning_channels(latent_downsample: int, base: int = 16) -> tuple[int, ...]:
@@ -46,6 +50,8 @@ class SketchConditionedLDM(nn.Module):
         norm_num_groups: group-norm groups of every network.
         conditioning_channels: ControlNet sketch-embedding channels (default: matched to the autoencoder).
         sketch_channels: sketch channels (1, or 3 for ``ExtractSketch(as_channels=True)``).
+        noise_schedule: the diffusion noise schedule (``num_train_timesteps``, ``schedule`` and its arguments); kept
+            with the weights so training and sampling always use the same one (see :meth:`make_scheduler`).
     """
 
     def __init__(
@@ -63,8 +69,10 @@ class SketchConditionedLDM(nn.Module):
         norm_num_groups: int = 16,
         conditioning_channels: Sequence[int] | None = None,
         sketch_channels: int = 1,
+        noise_schedule: dict | None = None,
     ) -> None:
         super().__init__()
+        self.noise_schedule = dict(noise_schedule if noise_schedule is not None else DEFAULT_NOISE_SCHEDULE)
         self.config = {
             "num_classes": num_classes, "spatial_dims": spatial_dims, "in_channels": in_channels,
             "latent_channels": latent_channels, "ae_channels": list(ae_channels), "ae_res_blocks": ae_res_blocks,
@@ -72,6 +80,7 @@ class SketchConditionedLDM(nn.Module):
             "num_head_channels": num_head_channels, "norm_num_groups": norm_num_groups,
             "conditioning_channels": list(conditioning_channels) if conditioning_channels is not None else None,
             "sketch_channels": sketch_channels,
+            "noise_schedule": self.noise_schedule,
         }
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}.")
@@ -119,6 +128,15 @@ class SketchConditionedLDM(nn.Module):
         model = cls(**extra["config"])
         model.load_state_dict(state_dict)
         return model
+
+    def make_scheduler(self, kind: str = "ddpm", num_inference_steps: int | None = None) -> Scheduler:
+        """A MONAI DDPM or DDIM scheduler with this model's noise schedule."""
+        if kind not in ("ddpm", "ddim"):
+            raise ValueError(f"kind must be 'ddpm' or 'ddim', got '{kind}'.")
+        sched = (DDPMScheduler if kind == "ddpm" else DDIMScheduler)(clip_sample=False, **self.noise_schedule)
+        if num_inference_steps is not None:
+            sched.set_timesteps(num_inference_steps)
+        return sched
 
     def init_controlnet_from_unet(self) -> None:
         """Copy the trained UNet's encoder weights into the ControlNet (its zero convolutions stay zero)."""

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 from PIL import Image
 
 from monai_breastlt.data.datalist import load_datalist_file, validate_items, write_datalist
@@ -116,9 +115,7 @@ class SyntheticPoolGenerator:
         self.preprocess = ultrasound_preprocessing(image_size, mask_key=None)
 
     def _scheduler(self):
-        sched = DDIMScheduler(1000, clip_sample=False) if self.sampler == "ddim" else DDPMScheduler(1000, clip_sample=False)
-        sched.set_timesteps(self.steps)
-        return sched
+        return self.model.make_scheduler(self.sampler, self.steps)  # the schedule the model was trained with
 
     def existing(self) -> list[dict]:
         """Manifest entries whose image and sketch files are still there."""
