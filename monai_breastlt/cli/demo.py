@@ -13,7 +13,7 @@ import torch
 import monai_breastlt
 from monai_breastlt.data import generate_phantom
 
-# CPU-sized settings; --fast is for tests (a minute), the default for the README (about 15 minutes on 2 cores)
+# CPU-sized settings; --fast is for tests (about 40 s), the default for the README (about 10 minutes on 2 cores)
 PROFILES = {
     "fast": dict(image_size=32, head_count=24, imbalance_ratio=8, ae_epochs=1, perception_epochs=1, unet_epochs=1,
                  controlnet_epochs=1, steps=3, cls_epochs=3, batch_size=8, tiny=True),
