@@ -94,11 +94,16 @@ def test_demo_fast_end_to_end(tmp_path, capsys):
     pool = json.loads((tmp_path / "demo/data/pool/pool.json").read_text())["training"]
     assert pool and all(p["source"] == "synthetic" for p in pool)
     assert (tmp_path / "demo/data/pool/sample_grid.png").is_file()
+    audit = json.loads((tmp_path / "demo/data/pool/audit/audit_report.json").read_text())
+    assert audit["overall"]["n"] == len(pool) and "synthetic pool audit" in text
     client, runs = _runs(tmp_path / "demo/mlruns.db")
     names = {r.info.run_name for r in runs}
     assert {"rl_sampler", "plain_ce"} <= names
     rl = next(r for r in runs if r.info.run_name == "rl_sampler")
     assert any(k.startswith("ratio/") for k in rl.data.metrics)
+    assert rl.data.params["policy_name"] == "rl" and int(rl.data.params["synthetic_images"]) == len(pool)
+    artifacts = {a.path for a in client.list_artifacts(rl.info.run_id)}
+    assert {"sample_grid.png", "audit_report.json", "val_ratio_trajectory.png", "model.pt"} <= artifacts
     for arm in ("rl_sampler", "plain_ce"):
         report = json.loads((tmp_path / f"demo/classification/{arm}/test_report.json").read_text())
         assert 0 <= report["macro_f1"] <= 1

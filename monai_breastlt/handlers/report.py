@@ -40,7 +40,9 @@ class LongTailReportHandler:
         evaluator: the engine holding the ``LongTailMetric`` details (default: the attached engine).
         metric_name: the ``LongTailMetric`` name.
         prefix: file name prefix (e.g. ``"test_"``).
-        extra_artifacts: further files or folders to log (e.g. the checkpoint folder).
+        extra_artifacts: further files or folders to log (e.g. the checkpoint, the pool's sample grid); missing
+            ones are skipped.
+        params: run parameters to log (e.g. the policy and sampler settings of the bundle config).
     """
 
     def __init__(
@@ -51,11 +53,13 @@ class LongTailReportHandler:
         metric_name: str = "long_tail",
         prefix: str = "",
         extra_artifacts: Sequence[str | os.PathLike] = (),
+        params: dict | None = None,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.class_names = list(class_names)
         self.evaluator, self.metric_name, self.prefix = evaluator, metric_name, prefix
         self.extra_artifacts = [Path(p) for p in extra_artifacts]
+        self.params = {str(k): str(v) for k, v in (params or {}).items()}
         self.files: list[Path] = []
         self.logger = logging.getLogger(__name__)
 
@@ -86,6 +90,11 @@ class LongTailReportHandler:
                  if isinstance(getattr(h, "__self__", h), MLFlowHandler)),
                 None,
             )
+            if handler is not None and handler.cur_run is not None:
+                for k, v in self.params.items():
+                    handler.client.log_param(handler.cur_run.info.run_id, k, v)
+            elif self.params and mlflow.active_run() is not None:
+                mlflow.log_params(self.params)
             for p in paths:
                 if handler is not None and handler.cur_run is not None:
                     log = handler.client.log_artifacts if p.is_dir() else handler.client.log_artifact
