@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from mlflow import MlflowClient
 
 from monai_breastlt.cli.demo import TINY_NETS, default_bundles_dir, run_bundle
