@@ -106,7 +106,7 @@ def run_demo(args: argparse.Namespace) -> int:
             stamp("synthesis bundle: audit.yaml (pool against the real images, with the real-data-only classifier)")
             run_bundle(syn, ["common.yaml", "audit.yaml"], workflow_type="infer", classifier_ckpt=str(arm_out / "models" / "model.pt"), **common)
     audit = json.loads((data / "pool" / "audit" / "audit_report.json").read_text())["overall"]
-    print(format_table(reports))
+    print(format_table({k: reports[k] for k in ('rl_sampler', 'plain_ce')}))
     print(
         f"\nsynthetic pool audit ({audit['n']} images): class fidelity {100 * audit['fidelity']:.1f} %, sketch Dice "
         f"{audit['sketch_dice']:.2f}, FID {audit['fid']:.2f} (real vs real {audit['real_vs_real']['fid']:.2f}), "
