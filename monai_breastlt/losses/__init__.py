@@ -1,3 +1,4 @@
 from __future__ import annotations
 
+from .long_tail import BalancedSoftmaxLoss, LDAMLoss, LogitAdjustedLoss, effective_number_weights
 from .perception import SketchPerceptionLoss
