@@ -6,13 +6,14 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 import torch
 
-__all__ = ["atomic_open", "atomic_write_json", "atomic_torch_save", "latest_checkpoint", "read_json", "root_cause", "torch_load_safe"]
+__all__ = ["atomic_open", "atomic_write_json", "atomic_torch_save", "clip_ratios", "latest_checkpoint", "read_json", "root_cause", "torch_load_safe"]
 
 
 @contextlib.contextmanager
@@ -93,3 +94,18 @@ def latest_checkpoint(folder: str | os.PathLike, pattern: str = "checkpoint*.pt"
     """The most recent complete checkpoint in ``folder`` (temporary files of an interrupted save are ignored)."""
     files = [p for p in Path(folder).glob(pattern) if p.is_file() and not p.name.startswith(".")]
     return str(max(files, key=lambda p: p.stat().st_mtime_ns)) if files else None
+
+
+def clip_ratios(ratios: float | Sequence[float], num_classes: int, max_ratio: float) -> np.ndarray:
+    """Per-class synthetic ratios from one value or one per class, clipped to ``[0, max_ratio]``.
+
+    Raises:
+        ValueError: wrong number of values, or a NaN/Inf.
+    """
+    r = np.asarray(ratios, dtype=float)
+    r = np.full(num_classes, float(r)) if r.ndim == 0 else r
+    if r.shape != (num_classes,):
+        raise ValueError(f"ratios must be one value or {num_classes} values, got shape {r.shape}.")
+    if not np.all(np.isfinite(r)):
+        raise ValueError(f"ratios must be finite, got {r.tolist()}.")
+    return np.clip(r, 0.0, max_ratio)

@@ -5,7 +5,6 @@ from .datalist import (
     SECTIONS,
     deduplicate_by_hash,
     is_image_file,
-    items_labels,
     load_datalist,
     load_datalist_file,
     load_mixed_datalist,

@@ -34,7 +34,6 @@ __all__ = [
     "validate_items",
     "deduplicate_by_hash",
     "merge_rare_classes",
-    "items_labels",
     "load_mixed_datalist",
     "load_training_data",
 ]
@@ -352,10 +351,6 @@ def merge_rare_classes(
         out.append({**i, "label": index[new_name], "class_name": new_name, "original_class": name})
     return out, new_classes
 
-
-def items_labels(items: Sequence[dict]) -> list[int]:
-    """The integer labels of entries, in order."""
-    return [int(i["label"]) for i in items]
 
 
 def load_mixed_datalist(

@@ -11,6 +11,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data.distributed import DistributedSampler
 
+from monai_breastlt.utils import clip_ratios
+
 __all__ = ["AdaptiveRatioSampler"]
 
 
@@ -138,12 +140,7 @@ class AdaptiveRatioSampler(DistributedSampler):
 
     def set_ratios(self, ratios: float | Sequence[float]) -> None:
         """Set each class's synthetic fraction for the next epochs; values are clipped to ``[0, max_ratio]``."""
-        r = np.broadcast_to(np.asarray(ratios, dtype=float), (self.num_classes,)) if np.ndim(ratios) == 0 else np.asarray(ratios, dtype=float)
-        if r.shape != (self.num_classes,):
-            raise ValueError(f"ratios must be one value or {self.num_classes} values, got shape {r.shape}.")
-        if not np.all(np.isfinite(r)):
-            raise ValueError(f"ratios must be finite, got {r.tolist()}.")
-        self.ratios = np.clip(r, 0.0, self.max_ratio).astype(float)
+        self.ratios = clip_ratios(ratios, self.num_classes, self.max_ratio)
 
     def plan(self) -> dict[str, list[int]]:
         """Per-class real and synthetic sample counts of an epoch under the current ratios."""

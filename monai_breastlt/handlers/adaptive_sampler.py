@@ -98,17 +98,18 @@ class AdaptiveSamplerHandler:
         if not hasattr(state, "ratio_history"):
             state.ratio_history = []
         state.ratio_history.append(row)
-        state.metrics.update({f"ratio/{n}": r for n, r in zip(self.class_names, row["ratios"])})
+        named = {f"ratio/{n}": r for n, r in zip(self.class_names, row["ratios"])}
+        state.metrics.update(named)
         self.seconds += time.perf_counter() - start
         self.logger.info("epoch %d synthetic ratios: %s", state.epoch, ", ".join(f"{r:.2f}" for r in row["ratios"]))
         if self.log_mlflow:
-            self._log_mlflow(row)
+            self._log_mlflow(named, row["epoch"])
 
-    def _log_mlflow(self, row: dict) -> None:
+    def _log_mlflow(self, named: dict[str, float], epoch: int) -> None:
         try:
             if mlflow.active_run() is None:
                 return
-            mlflow.log_metrics({f"ratio/{n}": r for n, r in zip(self.class_names, row["ratios"])}, step=row["epoch"])
+            mlflow.log_metrics(named, step=epoch)
         except Exception as e:  # a locked or full store must not stop training
             self.logger.warning("MLflow logging of the synthetic ratios failed (%s); training goes on.", e)
 

@@ -69,14 +69,13 @@ class LongTailReportHandler:
     def __call__(self, engine: Engine) -> None:
         source = self.evaluator or engine
         report = (getattr(source.state, "metric_details", None) or {}).get(self.metric_name)
+        history = getattr(engine.state, "ratio_history", [])
         self.files = []
         out = self.output_dir
         if report is not None:
-            history = getattr(engine.state, "ratio_history", [])
             atomic_write_json({"classes": self.class_names, **report, "ratio_history": history}, out / f"{self.prefix}report.json")
             plot_confusion_matrix(report["confusion_matrix"], self.class_names, out / f"{self.prefix}confusion_matrix.png")
             self.files += [out / f"{self.prefix}report.json", out / f"{self.prefix}confusion_matrix.png"]
-        history = getattr(engine.state, "ratio_history", None)
         if history:
             plot_ratio_trajectory(history, self.class_names, out / f"{self.prefix}ratio_trajectory.png")
             self.files.append(out / f"{self.prefix}ratio_trajectory.png")

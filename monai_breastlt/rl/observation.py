@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from monai_breastlt.data.profile import HEAD
+from monai_breastlt.utils import clip_ratios
 
 __all__ = ["OBS_DIM", "NUM_ACTIONS", "ClassAgents"]
 
@@ -62,7 +62,7 @@ class ClassAgents:
         self.prev: dict | None = None
 
     def reset(self, ratios: float | Sequence[float] = 0.0) -> None:
-        self.ratios = np.clip(np.broadcast_to(np.asarray(ratios, dtype=float), (self.num_classes,)).copy(), 0, self.max_ratio)
+        self.ratios = clip_ratios(ratios, self.num_classes, self.max_ratio)
         self.last_move = np.zeros(self.num_classes)
         self.prev = None
 
@@ -106,7 +106,3 @@ class ClassAgents:
         rewards = self.scale * ((g_now - g_prev) + self.class_weight * (cur_c - prev_c) - self.head_penalty * head_drop)
         self.prev = report
         return np.nan_to_num(obs), rewards.astype(np.float32)
-
-    @staticmethod
-    def head_mask(report: dict) -> np.ndarray:
-        return np.asarray([g == HEAD for g in report.get("groups", [])])

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from monai_breastlt.data.profile import HEAD
+from monai_breastlt.utils import clip_ratios
 
 __all__ = ["RatioPolicy", "FixedRatioPolicy", "HeuristicRatioPolicy"]
 
@@ -29,7 +30,7 @@ class RatioPolicy(ABC):
     def reset(self, class_counts: Sequence[int], ratios: Sequence[float] | float = 0.0) -> None:
         """Start a run: real training counts per class and the initial ratios."""
         self.class_counts = np.asarray(class_counts, dtype=float)
-        self.ratios = np.clip(np.broadcast_to(np.asarray(ratios, dtype=float), self.class_counts.shape).copy(), 0, self.max_ratio)
+        self.ratios = clip_ratios(ratios, len(self.class_counts), self.max_ratio)
 
     def _check_reset(self) -> None:
         if self.ratios is None or self.class_counts is None:

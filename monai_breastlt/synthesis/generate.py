@@ -114,8 +114,9 @@ class SyntheticPoolGenerator:
         self.manifest = self.out / "pool.json"
         self.preprocess = ultrasound_preprocessing(image_size, mask_key=None)
 
-    def _scheduler(self):
-        return self.model.make_scheduler(self.sampler, self.steps)  # the schedule the model was trained with
+    def _pool_id(self, label: int, k: int) -> str:
+        """The fixed id of the ``k``-th synthetic image of class ``label``."""
+        return f"{self.classes[label]}_{k:05d}"
 
     def existing(self) -> list[dict]:
         """Manifest entries whose image and sketch files are still there."""
@@ -137,7 +138,7 @@ class SyntheticPoolGenerator:
             if not pool:
                 raise ValueError("no source images to take sketches from.")
             for k in range(n):
-                uid = f"{self.classes[c]}_{k:05d}"
+                uid = self._pool_id(c, k)
                 if uid in done:
                     continue
                 item_seed = int(np.random.default_rng([self.seed, c, k]).integers(2**31 - 1))
@@ -166,11 +167,11 @@ class SyntheticPoolGenerator:
         if len(targets) != len(self.classes):
             raise ValueError(f"targets has {len(targets)} entries for {len(self.classes)} classes.")
         entries = self.existing()
-        wanted = {f"{self.classes[c]}_{k:05d}" for c, n in enumerate(targets) for k in range(n)}
+        wanted = {self._pool_id(c, k) for c, n in enumerate(targets) for k in range(n)}
         entries = [e for e in entries if e["id"] in wanted]
         jobs = self._jobs(targets, sources, {e["id"] for e in entries})
-        inferer = ClassSketchLatentDiffusionInferer(
-            self._scheduler(), float(self.model.scale_factor), self.guidance_scale, self.conditioning_scale, self.model.null_class
+        inferer = ClassSketchLatentDiffusionInferer(  # the noise schedule the model was trained with
+            self.model.make_scheduler(self.sampler, self.steps), float(self.model.scale_factor), self.guidance_scale, self.conditioning_scale, self.model.null_class
         )
         lat = self.model.autoencoder.latent_channels
         side = self.image_size // self.model.latent_downsample
@@ -182,7 +183,7 @@ class SyntheticPoolGenerator:
             gen = torch.Generator().manual_seed(batch[0]["seed"])
             images = inferer.sample(
                 noise.to(self.device), self.model.autoencoder, self.model.unet, labels.to(self.device), self.model.controlnet,
-                sketches.to(self.device), scheduler=self._scheduler(), generator=gen,
+                sketches.to(self.device), generator=gen,
             ).cpu()
             for j, img, sk in zip(batch, images, sketches):
                 folder = self.out / self.classes[j["label"]]

@@ -19,7 +19,7 @@ from monai.transforms import (
     ScaleIntensityd,
     Transform,
 )
-from monai.utils import TransformBackends, convert_to_tensor
+from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor
 
 __all__ = [
     "EnsureGrayscale",
@@ -121,7 +121,7 @@ class ValidateUltrasoundd(MapTransform):
                         f"{_source(mask)}: mask shape {tuple(mask.shape[1:])} differs from image {src} shape {tuple(img.shape[1:])}."
                     )
                 merged = (torch.as_tensor(mask) > 0).any(0, keepdim=True).float()
-                d[self.mask_key] = convert_to_tensor(merged, track_meta=False) if not hasattr(mask, "meta") else mask[:1] * 0 + merged
+                d[self.mask_key], *_ = convert_to_dst_type(merged, mask, dtype=torch.float32)  # keeps the file's metadata
         return d
 
 
