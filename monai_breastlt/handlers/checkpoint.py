@@ -18,8 +18,11 @@ __all__ = ["ResumeCheckpointSaver", "ResumeCheckpointLoader"]
 class _IncludesEngine:
     """Adds the engine a checkpoint handler is attached to into its object dict (ignite's ``Checkpoint`` holds it)."""
 
-    engine_key: str
     _objects_attr: str
+
+    def __init__(self, engine_key: str = "trainer", **kwargs) -> None:
+        super().__init__(**kwargs)  # type: ignore[call-arg]
+        self.engine_key = engine_key
 
     def attach(self, engine: Engine) -> None:
         getattr(self, self._objects_attr)[self.engine_key] = engine
@@ -40,10 +43,6 @@ class ResumeCheckpointSaver(_IncludesEngine, CheckpointSaver):
 
     _objects_attr = "save_dict"
 
-    def __init__(self, engine_key: str = "trainer", **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.engine_key = engine_key
-
 
 class ResumeCheckpointLoader(_IncludesEngine, CheckpointLoader):
     """
@@ -56,7 +55,3 @@ class ResumeCheckpointLoader(_IncludesEngine, CheckpointLoader):
     """
 
     _objects_attr = "load_dict"
-
-    def __init__(self, engine_key: str = "trainer", **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.engine_key = engine_key
