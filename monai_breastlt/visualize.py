@@ -10,7 +10,7 @@ import numpy as np
 
 from monai_breastlt.utils import atomic_open
 
-__all__ = ["plot_confusion_matrix", "plot_ratio_trajectory", "save_sample_grid"]
+__all__ = ["plot_arm_bars", "plot_confusion_matrix", "plot_ratio_trajectory", "save_sample_grid"]
 
 
 def _figure_to(path: str | os.PathLike, fig) -> None:
@@ -87,5 +87,28 @@ def save_sample_grid(images_by_class: dict[str, Sequence[np.ndarray]], path: str
                 ax.imshow(np.asarray(imgs[c]).squeeze(), cmap="gray", vmin=0, vmax=1)
         axes[r][0].text(-0.1, 0.5, name.replace("_", " "), transform=axes[r][0].transAxes, ha="right", va="center", fontsize=9)
     fig.suptitle("Synthetic samples per subtype")
+    _figure_to(path, fig)
+    plt.close(fig)
+
+
+def plot_arm_bars(rows: Sequence[dict], path: str | os.PathLike, metrics: Sequence[tuple[str, str]] = (
+        ("macro_f1", "macro-F1"), ("balanced_accuracy", "balanced accuracy"), ("tail_recall", "tail recall"))) -> None:
+    """Grouped bars (mean ± std over seeds, percent) of each benchmark arm (``rows`` from ``summarize_runs``)."""
+    plt = _plt()
+    arms = [r["arm"] for r in rows]
+    x = np.arange(len(arms))
+    width = 0.8 / len(metrics)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * len(arms) + 2), 4))
+    for k, (key, label) in enumerate(metrics):
+        mean = np.nan_to_num([100 * r[f"{key}_mean"] for r in rows])
+        std = np.nan_to_num([100 * r[f"{key}_std"] for r in rows])
+        ax.bar(x + (k - (len(metrics) - 1) / 2) * width, mean, width, yerr=std, capsize=2, label=label)
+    ax.set_xticks(x)
+    ax.set_xticklabels(arms, rotation=40, ha="right", fontsize=8)
+    ax.set_ylabel("test %, mean ± std over seeds")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"Long-tail arms ({rows[0]['seeds'] if rows else 0} seeds)")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
     _figure_to(path, fig)
     plt.close(fig)

@@ -56,6 +56,10 @@ def test_targets_options_and_errors():
     s = AdaptiveRatioSampler(LABELS, SYN, target="distribution", epoch_size=10, class_weights=[2, 1, 1])
     assert s.targets == [5, 3, 2] or s.targets == [5, 2, 3]
     assert AdaptiveRatioSampler(LABELS, SYN, target=[1, 2, 3]).targets == [1, 2, 3]
+    # epoch_size rescales "balanced" / "real" to a fixed budget with the same class proportions
+    assert AdaptiveRatioSampler(LABELS, SYN, target="balanced", epoch_size=9).targets == [3, 3, 3]
+    assert AdaptiveRatioSampler(LABELS, SYN, target="real", epoch_size=29).targets == [20, 6, 3]
+    assert sum(AdaptiveRatioSampler(LABELS, SYN, target="real", epoch_size=10).targets) == 10
     with pytest.raises(ValueError, match="positive epoch_size"):
         AdaptiveRatioSampler(LABELS, SYN, target="distribution")
     with pytest.raises(ValueError, match="ratios must be one value or 3 values"):

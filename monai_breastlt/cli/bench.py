@@ -1,4 +1,4 @@
-"""``bench speed``: sampler timing against torch's WeightedRandomSampler."""
+"""``bench speed`` / ``bench synthesis`` / ``bench lt``: benchmarks that print figures against a baseline of the same run."""
 
 from __future__ import annotations
 
@@ -9,13 +9,45 @@ import torch
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmarks that print ratios against a baseline measured in the same run")
-    p.add_argument("which", choices=["speed"], help="speed: sampler epoch time / WeightedRandomSampler")
-    p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
-    p.add_argument("--threads", type=int, default=1, help="torch threads (reported)")
-    p.set_defaults(func=run_bench)
+    which = p.add_subparsers(dest="which", metavar="which", required=True)
+
+    s = which.add_parser("speed", help="sampler epoch time / WeightedRandomSampler")
+    s.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    s.add_argument("--threads", type=int, default=1, help="torch threads (reported)")
+    s.set_defaults(func=run_speed)
+
+    s = which.add_parser("synthesis", help="train phase 1 on the phantom and audit the pool (fidelity, Dice, FID)")
+    s.add_argument("--out", default="breastlt_bench_synthesis", help="output folder; re-running resumes at the unfinished stage")
+    s.add_argument("--profile", default="cpu", choices=["tiny", "cpu", "gpu"], help="epoch budget (cpu: about 40 min on 2 cores)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--bundles", default=None, help="folder holding the two bundles (default: next to the package)")
+    s.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    s.set_defaults(func=run_synthesis)
+
+    from monai_breastlt.bench.long_tail import ARMS
+
+    s = which.add_parser("lt", help="every long-tail arm x seeds with one backbone and budget: table, plot, MLflow")
+    s.add_argument("--data", required=True, help="datalist JSON, folder with datalist.json, BUS-BRA folder, CSV or ROOT/<class>/")
+    s.add_argument("--pool", default=None, help="synthetic pool manifest (POOL/pool.json or POOL) for the syn_* arms")
+    s.add_argument("--out", default="breastlt_bench_lt", help="output folder; re-running skips finished arms/seeds")
+    s.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS), metavar="ARM", help=f"arms ({', '.join(ARMS)})")
+    s.add_argument("--seeds", type=int, default=3, help="number of seeds (0..N-1)")
+    s.add_argument("--epochs", type=int, default=20)
+    s.add_argument("--epoch-size", type=int, default=None, help="samples per epoch of every arm (default: the sampler's own)")
+    s.add_argument("--image-size", type=int, default=64)
+    s.add_argument("--batch-size", type=int, default=32)
+    s.add_argument("--fixed-ratio", type=float, default=0.3, help="synthetic ratio of syn_fixed, start of the adaptive policies")
+    s.add_argument("--crt-epochs", type=int, default=None, help="cRT re-training epochs (default: epochs / 4)")
+    s.add_argument("--imbalance-ratio", type=float, default=None, help="subsample the training split to this max/min ratio (CIFAR-LT)")
+    s.add_argument("--min-count", type=int, default=0, help="BUS-BRA: merge classes with fewer images into 'other'")
+    s.add_argument("--split-seed", type=int, default=0, help="seed of the split and of the subsampling")
+    s.add_argument("--experiment", default="breastlt_bench_lt", help="MLflow experiment name")
+    s.add_argument("--bundles", default=None, help="folder holding the two bundles (default: next to the package)")
+    s.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    s.set_defaults(func=run_lt)
 
 
-def run_bench(args: argparse.Namespace) -> int:
+def run_speed(args: argparse.Namespace) -> int:
     from monai_breastlt.bench.speed import bench_sampler
 
     torch.set_num_threads(args.threads)
@@ -24,4 +56,34 @@ def run_bench(args: argparse.Namespace) -> int:
     print("|---|---|---|---|---|")
     for r in bench_sampler(args.sizes):
         print(f"| {r['items']} | {r['epoch_samples']} | {r['adaptive_s']:.4f} | {r['weighted_s']:.4f} | {r['ratio']:.2f} |")
+    return 0
+
+
+def run_synthesis(args: argparse.Namespace) -> int:
+    from monai_breastlt.bench.synthesis import benchmark_synthesis, format_synthesis_report
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    report = benchmark_synthesis(args.out, args.profile, args.seed, args.bundles)
+    print(format_synthesis_report(report))
+    return 0
+
+
+def run_lt(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from monai_breastlt.bench.long_tail import LongTailBenchmark, compare_to_baselines, format_markdown, prepare_benchmark_data
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pool = Path(args.pool) / "pool.json" if args.pool and Path(args.pool).is_dir() else args.pool
+    datalist = prepare_benchmark_data(args.data, args.out, args.imbalance_ratio, args.min_count, seed=args.split_seed)
+    bench = LongTailBenchmark(
+        datalist, args.out, pool, args.arms, list(range(args.seeds)), args.epochs, args.epoch_size, args.image_size,
+        args.batch_size, args.fixed_ratio, args.crt_epochs, experiment=args.experiment, bundles_dir=args.bundles,
+    )
+    rows = bench.run()
+    print(format_markdown(rows, compare_to_baselines(rows)))
+    print(f"tables: {bench.out / 'results.md'}, {bench.out / 'results.csv'}; plot: {bench.out / 'results.png'}")
+    print(f"MLflow : mlflow ui --backend-store-uri {bench.tracking_uri}")
     return 0

@@ -3,35 +3,14 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from monai_breastlt.data import (
     SECTIONS,
     generate_phantom,
-    load_datalist_file,
     long_tail_profile,
     prepare_split,
-    read_busbra,
-    read_csv_datalist,
-    scan_class_folder,
+    read_any_source,
 )
-
-
-def load_any(source: str, min_count: int = 0) -> tuple[dict[str, list[dict]], list[str]]:
-    """Entries of a datalist JSON, a folder holding ``datalist.json``, a BUS-BRA folder, a CSV or a class folder."""
-    path = Path(source)
-    if path.is_dir() and (path / "datalist.json").is_file():
-        path = path / "datalist.json"
-    if path.suffix == ".json":
-        doc = load_datalist_file(path)
-        return {k: v for k, v in doc.items() if isinstance(v, list) and k != "classes"}, doc["classes"]
-    if path.suffix == ".csv":
-        items, classes = read_csv_datalist(path)
-    elif path.is_dir() and (path / "bus_data.csv").is_file():
-        items, classes = read_busbra(path, min_count=min_count)
-    else:
-        items, classes = scan_class_folder(path)
-    return {"all": items}, classes
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -67,7 +46,7 @@ def run_phantom(args: argparse.Namespace) -> int:
 
 
 def run_data_info(args: argparse.Namespace) -> int:
-    sections, classes = load_any(args.source, args.min_count)
+    sections, classes = read_any_source(args.source, args.min_count)
     everything = [i for items in sections.values() for i in items]
     prof = long_tail_profile([i["label"] for i in everything], classes, args.head_ratio, args.tail_ratio)
     print(prof.format_table())
@@ -77,7 +56,7 @@ def run_data_info(args: argparse.Namespace) -> int:
 
 
 def run_split(args: argparse.Namespace) -> int:
-    sections, classes = load_any(args.source, args.min_count)
+    sections, classes = read_any_source(args.source, args.min_count)
     items = [i for v in sections.values() for i in v]
     doc = prepare_split(items, classes, args.out, tuple(args.fractions), args.seed, overwrite=args.overwrite)
     print(f"{args.out}: " + ", ".join(f"{k} {len(doc[k])}" for k in SECTIONS))

@@ -10,41 +10,16 @@ from pathlib import Path
 
 import torch
 
-import monai_breastlt
+from monai_breastlt.bench.workflow import TINY_NETS, find_bundles, run_bundle, train_synthesis
 from monai_breastlt.data import generate_phantom
 
 # CPU-sized settings; --fast is for tests (about 40 s), the default for the README (about 10 minutes on 2 cores)
 PROFILES = {
-    "fast": dict(image_size=32, head_count=24, imbalance_ratio=8, ae_epochs=1, perception_epochs=1, unet_epochs=1,
+    "fast": dict(image_size=32, head_count=24, imbalance_ratio=8, autoencoder_epochs=1, perception_epochs=1, unet_epochs=1,
                  controlnet_epochs=1, steps=3, cls_epochs=3, batch_size=8, tiny=True),
-    "default": dict(image_size=64, head_count=150, imbalance_ratio=50, ae_epochs=3, perception_epochs=3, unet_epochs=10,
+    "default": dict(image_size=64, head_count=150, imbalance_ratio=50, autoencoder_epochs=3, perception_epochs=3, unet_epochs=10,
                     controlnet_epochs=5, steps=8, cls_epochs=10, batch_size=16, tiny=False),
 }
-TINY_NETS = {
-    "ldm_def#ae_channels": [8, 16], "ldm_def#unet_channels": [16, 32], "ldm_def#unet_attention": [False, True],
-    "ldm_def#num_head_channels": 16, "ldm_def#norm_num_groups": 8, "ldm_def#latent_channels": 2,
-    "perception_def#features": [4, 4, 8, 8, 16, 4],
-}
-
-
-def default_bundles_dir() -> Path:
-    return Path(monai_breastlt.__file__).resolve().parents[1] / "bundles"
-
-
-def run_bundle(bundle: Path, configs: list[str], workflow_type: str = "train", **overrides) -> None:
-    """Run one bundle config through ``monai.bundle.ConfigWorkflow`` (what ``python -m monai.bundle run`` does)."""
-    from monai.bundle import ConfigWorkflow
-
-    wf = ConfigWorkflow(
-        config_file=[str(bundle / "configs" / c) for c in configs],
-        meta_file=str(bundle / "configs" / "metadata.json"),
-        logging_file=str(bundle / "configs" / "logging.conf"),
-        workflow_type=workflow_type,
-        **overrides,
-    )
-    wf.initialize()
-    wf.run()
-    wf.finalize()
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -62,11 +37,7 @@ def run_demo(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out).resolve()
-    bundles = Path(args.bundles) if args.bundles else default_bundles_dir()
-    syn, cls = bundles / "breastlt_synthesis", bundles / "breastlt_classification"
-    for b in (syn, cls):
-        if not (b / "configs" / "metadata.json").is_file():
-            raise FileNotFoundError(f"{b}: bundle not found; pass --bundles (the repository's bundles/ folder).")
+    syn, cls = find_bundles(args.bundles)
     data = out / "data"
     tracking_uri = f"sqlite:///{out / 'mlruns.db'}"
     start = time.time()
@@ -76,18 +47,8 @@ def run_demo(args: argparse.Namespace) -> int:
     generate_phantom(data, cfg["head_count"], cfg["imbalance_ratio"], cfg["image_size"], args.seed)
     common = {"dataset_dir": str(data), "output_dir": str(out / "synthesis"), "image_size": cfg["image_size"],
               "batch_size": cfg["batch_size"], "seed": args.seed, **(TINY_NETS if cfg["tiny"] else {})}
-    stages = [
-        ("train_autoencoder.yaml", {"max_epochs": cfg["ae_epochs"], "learning_rate": 1e-3}),
-        ("train_perception.yaml", {"max_epochs": cfg["perception_epochs"]}),
-        ("train_diffusion.yaml", {"max_epochs": cfg["unet_epochs"], "learning_rate": 2.5e-4}),
-        ("train_diffusion.yaml", {"max_epochs": cfg["controlnet_epochs"], "learning_rate": 1e-4, "use_controlnet": True}),
-    ]
-    for config, extra in stages:
-        stamp(f"synthesis bundle: {config} {extra}")
-        run_bundle(syn, ["common.yaml", config], **common, **extra)
-    stamp("synthesis bundle: inference.yaml (generate the pool)")
-    run_bundle(syn, ["common.yaml", "inference.yaml"], workflow_type="infer", num_inference_steps=cfg["steps"], **common)
-
+    epochs = {k: cfg[f"{k}_epochs"] for k in ("autoencoder", "perception", "unet", "controlnet")}
+    train_synthesis(syn, common, epochs, generate={"num_inference_steps": cfg["steps"]}, log=stamp)
     # plain CE first: its real-data-only classifier audits the pool, and the RL run then logs the audit to MLflow
     arms = {"plain_ce": {"policy_name": "none", "sampler_target": "real", "pool": str(data / "missing_pool.json")},
             "rl_sampler": {"policy_name": "rl", "sampler_target": "balanced"}}

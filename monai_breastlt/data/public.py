@@ -5,7 +5,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from monai_breastlt.data.datalist import deduplicate_by_hash, merge_rare_classes, read_csv_datalist, scan_class_folder
+from monai_breastlt.data.datalist import (
+    deduplicate_by_hash,
+    load_datalist_file,
+    merge_rare_classes,
+    read_csv_datalist,
+    scan_class_folder,
+)
 
 __all__ = ["read_busbra", "read_busi"]
 
@@ -49,3 +55,28 @@ def read_busi(root: str | os.PathLike, deduplicate: bool = True) -> tuple[list[d
     if deduplicate:
         items, _ = deduplicate_by_hash(items)
     return items, classes
+
+
+def read_any_source(source: str | os.PathLike, min_count: int = 0) -> tuple[dict[str, list[dict]], list[str]]:
+    """Sections and class names of a datalist JSON, a folder holding ``datalist.json``, a BUS-BRA folder, a CSV or a
+    ``ROOT/<class>/`` folder. Unsplit sources come back as one section ``"all"``.
+
+    Args:
+        source: the path.
+        min_count: BUS-BRA only: merge classes with fewer images into ``other``.
+    """
+    path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such data source (datalist JSON, data folder, BUS-BRA folder or CSV).")
+    if path.is_dir() and (path / "datalist.json").is_file():
+        path = path / "datalist.json"
+    if path.suffix == ".json":
+        doc = load_datalist_file(path)
+        return {k: v for k, v in doc.items() if isinstance(v, list) and k != "classes"}, doc["classes"]
+    if path.suffix == ".csv":
+        items, classes = read_csv_datalist(path)
+    elif path.is_dir() and (path / "bus_data.csv").is_file():
+        items, classes = read_busbra(path, min_count=min_count)
+    else:
+        items, classes = scan_class_folder(path)
+    return {"all": items}, classes

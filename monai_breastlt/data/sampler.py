@@ -37,7 +37,8 @@ class AdaptiveRatioSampler(DistributedSampler):
         target: per-class samples per epoch ``T_c``: ``"balanced"`` (every class as many as the largest real
             class), ``"real"`` (the real counts), ``"distribution"`` (``epoch_size`` split by ``class_weights``),
             or a sequence of explicit counts.
-        epoch_size: total samples per epoch for ``target="distribution"``.
+        epoch_size: total samples per epoch: required for ``target="distribution"``; with ``"balanced"`` or
+            ``"real"`` it rescales those targets to this size (same class proportions, a fixed compute budget).
         class_weights: target distribution for ``"distribution"`` (default: uniform).
         ratios: initial synthetic fraction, one value or one per class.
         max_ratio: upper bound of every ratio (keeps some real data in every class).
@@ -116,6 +117,9 @@ class AdaptiveRatioSampler(DistributedSampler):
 
     def _targets(self, target, epoch_size, class_weights) -> list[int]:
         available = [r + s for r, s in zip(self.real_counts, self.synthetic_counts)]
+        if isinstance(target, str) and target in ("balanced", "real") and epoch_size:
+            class_weights = None if target == "balanced" else self.real_counts
+            target = "distribution"
         if isinstance(target, str):
             if target == "balanced":
                 return [max(self.real_counts) if a else 0 for a in available]

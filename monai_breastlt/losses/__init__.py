@@ -2,3 +2,4 @@ from __future__ import annotations
 
 from .long_tail import BalancedSoftmaxLoss, LDAMLoss, LogitAdjustedLoss, effective_number_weights
 from .perception import SketchPerceptionLoss
+from .factory import LOSS_NAMES, ClassIndexFocalLoss, build_loss, inverse_frequency_weights

@@ -2,3 +2,4 @@ from __future__ import annotations
 
 from .ldm import SketchConditionedLDM, matched_conditioning_channels
 from .perception import SketchPerceptionNet
+from .decoupled import classifier_parameters

@@ -1,0 +1,127 @@
+"""Phase-1 quality benchmark: train the whole synthesis phase on the phantom, then audit the pool.
+
+Reports per-class class fidelity (a real-data classifier's accuracy on the synthetic images, next to the same
+classifier's recall on real test images), sketch adherence (Dice), FID/MMD against a real-vs-real baseline and the
+sample grid.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from monai_breastlt.bench.workflow import TINY_NETS, find_bundles, run_bundle, train_synthesis
+from monai_breastlt.data import generate_phantom
+from monai_breastlt.utils import atomic_write_json
+
+__all__ = ["SYNTHESIS_PROFILES", "benchmark_synthesis", "format_synthesis_report"]
+
+# "cpu": about 40 minutes on 2 cores; "gpu": a longer schedule for a lent GPU; "tiny": tests
+SYNTHESIS_PROFILES = {
+    "tiny": dict(head_count=16, imbalance_ratio=4, image_size=32, batch_size=8, autoencoder=1, perception=1, unet=1,
+                 controlnet=1, steps=2, classifier_epochs=1, epoch_size=None, tiny=True),
+    "cpu": dict(head_count=300, imbalance_ratio=50, image_size=64, batch_size=16, autoencoder=4, perception=4, unet=30,
+                controlnet=10, steps=10, classifier_epochs=15, epoch_size=600, tiny=False),
+    "gpu": dict(head_count=300, imbalance_ratio=50, image_size=64, batch_size=32, autoencoder=30, perception=30,
+                unet=400, controlnet=100, steps=50, classifier_epochs=40, epoch_size=None, tiny=False),
+}
+
+
+def benchmark_synthesis(
+    out_dir: str | os.PathLike,
+    profile: str = "cpu",
+    seed: int = 0,
+    bundles_dir: str | os.PathLike | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Phantom -> synthesis bundle (all stages + pool) -> real-only classifier -> audit; resumable by stage.
+
+    Args:
+        out_dir: output folder (``data/`` with the phantom and ``data/pool``, ``synthesis/``, ``classifier/``).
+        profile: a key of :data:`SYNTHESIS_PROFILES`.
+        seed: seed of the phantom, the networks and the sampling.
+        bundles_dir: folder holding the two bundles (default: the repository's).
+        log: progress printer.
+
+    Returns:
+        the benchmark report (also written to ``synthesis_benchmark.json`` and ``.md``).
+    """
+    if profile not in SYNTHESIS_PROFILES:
+        raise ValueError(f"profile must be one of {sorted(SYNTHESIS_PROFILES)}, got '{profile}'.")
+    cfg = SYNTHESIS_PROFILES[profile]
+    syn, cls = find_bundles(bundles_dir)
+    out = Path(out_dir).resolve()
+    data = out / "data"
+    start = time.time()
+    if not (data / "datalist.json").is_file():
+        generate_phantom(data, cfg["head_count"], cfg["imbalance_ratio"], cfg["image_size"], seed)
+    common = {"dataset_dir": str(data), "output_dir": str(out / "synthesis"), "image_size": cfg["image_size"],
+              "batch_size": cfg["batch_size"], "seed": seed, **(TINY_NETS if cfg["tiny"] else {})}
+    epochs = {k: cfg[k] for k in ("autoencoder", "perception", "unet", "controlnet")}
+    times = train_synthesis(syn, common, epochs, generate={"num_inference_steps": cfg["steps"]}, log=log)
+
+    # the judge: a classifier trained on real images only, with class-balanced sampling so the tail is learnt too
+    judge = out / "classifier"
+    shared = {"dataset_dir": str(data), "output_dir": str(judge), "image_size": cfg["image_size"], "seed": seed,
+              "pool": str(data / "no_pool.json"), "policy_name": "none", "sampler_target": "balanced",
+              "epoch_size": cfg["epoch_size"]}
+    if not (judge / "test_report.json").is_file():
+        log("classification bundle: real-data classifier for the audit")
+        t = time.time()
+        run_bundle(cls, ["train.yaml"], max_epochs=cfg["classifier_epochs"], **shared)
+        run_bundle(cls, ["train.yaml", "evaluate.yaml"], workflow_type="infer", **shared)
+        times["classifier"] = time.time() - t
+    log("synthesis bundle: audit.yaml")
+    t = time.time()
+    run_bundle(syn, ["common.yaml", "audit.yaml"], workflow_type="infer", classifier_ckpt=str(judge / "models" / "model.pt"), **common)
+    times["audit"] = time.time() - t
+    audit = json.loads((data / "pool" / "audit" / "audit_report.json").read_text())
+    real = json.loads((judge / "test_report.json").read_text())
+    per_class = {}
+    for c, name in enumerate(audit["classes"]):
+        a = audit["per_class"].get(name, {})
+        per_class[name] = {"synthetic": a.get("n", 0), "fidelity": a.get("fidelity"), "sketch_dice": a.get("sketch_dice"),
+                           "fid": a.get("fid"), "real_test_recall": real["recall"][c] if real["support"][c] else None}
+    fids = [v["fidelity"] for v in per_class.values() if v["fidelity"] is not None]
+    report = {
+        "profile": profile, "settings": cfg, "seed": seed,
+        "macro_fidelity": sum(fids) / len(fids) if fids else float("nan"),
+        "overall": audit["overall"],
+        "real_test_balanced_accuracy": real.get("balanced_accuracy"),
+        "per_class": per_class,
+        "seconds": times, "wall_s": time.time() - start,
+        "sample_grid": str(data / "pool" / "sample_grid.png"),
+    }
+    atomic_write_json(report, out / "synthesis_benchmark.json")
+    text = format_synthesis_report(report)
+    (out / "synthesis_benchmark.md").write_text(text)  # a rendering of the JSON above, rewritten on every run
+    return report
+
+
+def format_synthesis_report(report: dict) -> str:
+    """Markdown: per-class table, overall figures against the targets."""
+    pct = lambda v: "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"  # noqa: E731
+    num = lambda v: "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"  # noqa: E731
+    o = report["overall"]
+    lines = [
+        "| subtype | synthetic images | class fidelity % | classifier recall on real test % | sketch Dice | FID vs real |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, v in report["per_class"].items():
+        lines.append(f"| {name} | {v['synthetic']} | {pct(v['fidelity'])} | {pct(v['real_test_recall'])} | {num(v['sketch_dice'])} | {num(v['fid'])} |")
+    lines += [
+        "",
+        f"- class fidelity, macro over classes: **{pct(report['macro_fidelity'])} %** (target >= 80 %); over all "
+        f"{o['n']} images: {pct(o['fidelity'])} %; the judge's balanced accuracy on real test images: "
+        f"{pct(report['real_test_balanced_accuracy'])} %",
+        f"- sketch adherence (Dice): **{num(o['sketch_dice'])}** (target >= 0.5)",
+        f"- FID on the judge's features: **{num(o['fid'])}** vs **{num(o['real_vs_real']['fid'])}** real vs real "
+        f"(MMD {o['mmd']:.4f} vs {o['real_vs_real']['mmd']:.4f}); near-copies of real images: {o['near_copies']}",
+        "- seconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in report["seconds"].items()) + f"; wall {report['wall_s']:.0f} s",
+        f"- sample grid: {report['sample_grid']}",
+    ]
+    return "\n".join(lines) + "\n"

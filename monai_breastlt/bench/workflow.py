@@ -1,0 +1,95 @@
+"""Running the two bundles from Python: what the demo and the benchmarks share."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import monai_breastlt
+from monai_breastlt.utils import atomic_write_json, read_json
+
+__all__ = ["default_bundles_dir", "find_bundles", "run_bundle", "train_synthesis", "TINY_NETS"]
+
+# tiny synthesis networks for tests and smoke runs (bundle overrides)
+TINY_NETS = {
+    "ldm_def#ae_channels": [8, 16], "ldm_def#unet_channels": [16, 32], "ldm_def#unet_attention": [False, True],
+    "ldm_def#num_head_channels": 16, "ldm_def#norm_num_groups": 8, "ldm_def#latent_channels": 2,
+    "perception_def#features": [4, 4, 8, 8, 16, 4],
+}
+
+
+def default_bundles_dir() -> Path:
+    return Path(monai_breastlt.__file__).resolve().parents[1] / "bundles"
+
+
+def find_bundles(bundles_dir: str | os.PathLike | None = None) -> tuple[Path, Path]:
+    """The synthesis and classification bundle folders (default: the repository's ``bundles/``)."""
+    root = Path(bundles_dir) if bundles_dir else default_bundles_dir()
+    syn, cls = root / "breastlt_synthesis", root / "breastlt_classification"
+    for b in (syn, cls):
+        if not (b / "configs" / "metadata.json").is_file():
+            raise FileNotFoundError(f"{b}: bundle not found; pass --bundles (the repository's bundles/ folder).")
+    return syn, cls
+
+
+def run_bundle(bundle: Path, configs: list[str], workflow_type: str = "train", **overrides) -> None:
+    """Run one bundle config through ``monai.bundle.ConfigWorkflow`` (what ``python -m monai.bundle run`` does)."""
+    from monai.bundle import ConfigWorkflow
+
+    wf = ConfigWorkflow(
+        config_file=[str(bundle / "configs" / c) for c in configs],
+        meta_file=str(bundle / "configs" / "metadata.json"),
+        logging_file=str(bundle / "configs" / "logging.conf"),
+        workflow_type=workflow_type,
+        **overrides,
+    )
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+
+
+def train_synthesis(
+    bundle: Path,
+    common: Mapping,
+    epochs: Mapping[str, int],
+    generate: Mapping | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, float]:
+    """Phase 1 through the synthesis bundle: autoencoder, perception net, UNet, ControlNet, then the pool.
+
+    Finished stages are recorded in ``<output_dir>/stages.json`` (atomically) and skipped when run again, so a
+    killed run resumes at the stage it was in.
+
+    Args:
+        bundle: the ``breastlt_synthesis`` bundle folder.
+        common: overrides of every stage (``dataset_dir``, ``output_dir``, ``image_size``, ``batch_size``, ``seed``...).
+        epochs: ``{"autoencoder", "perception", "unet", "controlnet"}`` epoch counts.
+        generate: overrides of ``inference.yaml`` (e.g. ``num_inference_steps``, ``target_mode``); ``None``: no pool.
+        log: progress printer.
+
+    Returns:
+        seconds per stage.
+    """
+    record = Path(common["output_dir"]) / "stages.json"
+    done: dict[str, float] = read_json(record) if record.is_file() else {}
+    stages = [
+        ("autoencoder", ["common.yaml", "train_autoencoder.yaml"], "train", {"learning_rate": 1e-3}),
+        ("perception", ["common.yaml", "train_perception.yaml"], "train", {}),
+        ("unet", ["common.yaml", "train_diffusion.yaml"], "train", {"learning_rate": 2.5e-4}),
+        ("controlnet", ["common.yaml", "train_diffusion.yaml"], "train", {"learning_rate": 1e-4, "use_controlnet": True}),
+    ]
+    if generate is not None:
+        stages.append(("generate", ["common.yaml", "inference.yaml"], "infer", dict(generate)))
+    for name, configs, kind, extra in stages:
+        if name in done:
+            log(f"synthesis: {name} already done ({done[name]:.0f} s), skipped")
+            continue
+        extra = {**extra, **({"max_epochs": epochs[name]} if name in epochs else {})}
+        log(f"synthesis bundle: {configs[-1]} ({name}) {extra}")
+        start = time.time()
+        run_bundle(bundle, configs, workflow_type=kind, **common, **extra)
+        done[name] = time.time() - start
+        atomic_write_json(done, record)
+    return done
