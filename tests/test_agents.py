@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
+import torch
 
 from monai_breastlt.rl import ClassAgents, MultiAgentRatioPolicy, ToyRatioProcess
 
@@ -45,3 +47,36 @@ def test_online_updates_save_and_load(tmp_path):
     policy.deterministic = True
     assert np.array_equal(policy.act(obs), other.act(obs))
     assert np.allclose(other.ratios, policy.ratios) and other.num_updates == 2
+
+
+def test_state_dict_resumes_learning_exactly(tmp_path):
+    """A policy restored from its checkpoint state (weights-only load) continues exactly like the original."""
+    from monai_breastlt.utils import atomic_torch_save, torch_load_safe
+
+    def make():
+        p = MultiAgentRatioPolicy(seed=3, n_steps=3)
+        p.reset(COUNTS, 0.2)
+        return p
+
+    proc = ToyRatioProcess(COUNTS, seed=0)
+    report = proc.reset()
+    a = make()
+    for epoch in range(1, 5):  # 4 validations: one PPO update (3-step buffer), one transition pending in the buffer
+        report = proc.step(a.update(report, epoch / 8))
+    assert a.num_updates == 1 and a.model.rollout_buffer.pos == 0 and a._pending is not None
+    atomic_torch_save(a.state_dict(), tmp_path / "policy.pt")
+    b = make()
+    b.load_state_dict(torch_load_safe(tmp_path / "policy.pt"))
+    out = {}
+    for name, policy in (("a", a), ("b", b)):
+        torch.manual_seed(7)
+        np.random.seed(7)
+        r, ratios = report, []
+        for epoch in range(5, 9):  # crosses the next PPO update
+            ratios.append(policy.update(r, epoch / 8))
+            r = ToyRatioProcess(COUNTS, seed=epoch).reset()
+        out[name] = (np.array(ratios), [p.detach().clone() for p in policy.model.policy.parameters()], policy.num_updates)
+    assert np.array_equal(out["a"][0], out["b"][0]) and out["a"][2] == out["b"][2] == 2
+    assert all(torch.equal(x, y) for x, y in zip(out["a"][1], out["b"][1]))
+    with pytest.raises(FileNotFoundError, match="no saved ratio policy"):
+        make().load(tmp_path / "missing.pt")

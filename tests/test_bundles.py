@@ -65,7 +65,7 @@ def test_classification_bundle_cli_with_mlflow(tiny_phantom, tmp_path):
                image_size=32, batch_size=8, policy_name="heuristic", resume=True)
     assert (out / "models/checkpoint_epoch=3.pt").is_file()
     history = json.loads((out / "val_report.json").read_text())["ratio_history"]
-    assert [h["epoch"] for h in history] == [3]  # resumed after epoch 2: only epoch 3 was trained
+    assert [h["epoch"] for h in history] == [1, 2, 3]  # epochs 1-2 restored from the checkpoint, epoch 3 trained
     # inference: class probabilities per test image
     run_bundle(CLS, ["train.yaml", "inference.yaml"], workflow_type="infer", dataset_dir=str(tiny_phantom.parent),
                output_dir=str(out), image_size=32, batch_size=8)
@@ -111,3 +111,18 @@ def test_demo_fast_end_to_end(tmp_path, capsys):
 def test_demo_without_bundles_is_a_clear_error(tmp_path, capsys):
     assert main(["demo", "--fast", "--out", str(tmp_path), "--bundles", str(tmp_path / "nope")]) == 2
     assert "bundle not found" in capsys.readouterr().err
+
+
+def test_synthesis_stages_resume(tiny_phantom, tmp_path, capsys):
+    """Each training stage writes resume checkpoints; --resume True continues the stage instead of restarting."""
+    common = {"dataset_dir": str(tiny_phantom.parent), "output_dir": str(tmp_path / "syn"), "image_size": 32, "batch_size": 8, **TINY_NETS}
+    run_bundle(SYN, ["common.yaml", "train_autoencoder.yaml"], max_epochs=1, **common)
+    for config, extra, prefix in (("train_perception.yaml", {}, "perception"), ("train_diffusion.yaml", {}, "unet"),
+                                  ("train_diffusion.yaml", {"use_controlnet": True}, "controlnet")):
+        run_bundle(SYN, ["common.yaml", config], max_epochs=1, **common, **extra)
+        assert (tmp_path / f"syn/models/{prefix}_checkpoint_epoch=1.pt").is_file()
+        capsys.readouterr()
+        run_bundle(SYN, ["common.yaml", config], max_epochs=2, resume=True, **common, **extra)
+        text = capsys.readouterr().out  # the bundle's logging.conf logs to stdout
+        assert f"{prefix}_checkpoint_epoch=1.pt" in text and "Epoch[1] Complete" not in text and "Epoch[2] Complete" in text, prefix
+        assert (tmp_path / f"syn/models/{prefix}_checkpoint_epoch=2.pt").is_file()

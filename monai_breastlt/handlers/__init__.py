@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from .adaptive_sampler import AdaptiveSamplerHandler
-from .checkpoint import ResumeCheckpointLoader, ResumeCheckpointSaver
+from .checkpoint import AtomicCheckpointSaver, BestModelState, ResumeCheckpointLoader, ResumeCheckpointSaver, RNGStates
+from .determinism import EpochDeterminism
 from .report import LongTailReportHandler
 from .reweighting import DeferredReweighting

@@ -71,14 +71,14 @@ class AdaptiveSamplerHandler:
         self.policy.reset(sampler.real_counts, sampler.ratios)
         self.sampler.set_ratios(self.policy.ratios)
         self.seconds = 0.0
+        self.history: list[dict] = []  # shared with trainer.state.ratio_history, restored on resume
         self.logger = logging.getLogger(__name__)
 
     def attach(self, engine: Engine) -> None:
         """Register on the trainer's ``EPOCH_COMPLETED``."""
         if not engine.has_event_handler(self, Events.EPOCH_COMPLETED):
             engine.add_event_handler(Events.EPOCH_COMPLETED, self)
-        if not hasattr(engine.state, "ratio_history"):
-            engine.state.ratio_history = []
+        engine.state.ratio_history = self.history
 
     def __call__(self, engine: Engine) -> None:
         if self.evaluator.state.epoch != engine.state.epoch:  # no validation this epoch (interval > 1)
@@ -95,9 +95,8 @@ class AdaptiveSamplerHandler:
         ratios = np.asarray(self.policy.update(details[self.metric_name], progress), dtype=float)
         self.sampler.set_ratios(ratios)
         row = {"epoch": int(state.epoch), "ratios": self.sampler.effective_ratios()}
-        if not hasattr(state, "ratio_history"):
-            state.ratio_history = []
-        state.ratio_history.append(row)
+        self.history.append(row)
+        state.ratio_history = self.history
         named = {f"ratio/{n}": r for n, r in zip(self.class_names, row["ratios"])}
         state.metrics.update(named)
         self.seconds += time.perf_counter() - start
@@ -115,8 +114,9 @@ class AdaptiveSamplerHandler:
 
     def state_dict(self) -> dict:
         """Policy and sampler state (use with ``CheckpointSaver`` to resume)."""
-        return {"policy": self.policy.state_dict(), "sampler": self.sampler.state_dict()}
+        return {"policy": self.policy.state_dict(), "sampler": self.sampler.state_dict(), "history": list(self.history)}
 
     def load_state_dict(self, state: dict) -> None:
         self.policy.load_state_dict(state["policy"])
         self.sampler.load_state_dict(state["sampler"])
+        self.history[:] = state.get("history", [])

@@ -14,7 +14,7 @@ from monai.utils import optional_import
 from monai_breastlt.rl.env import ClassAgentsVecEnv, RatioProcess
 from monai_breastlt.rl.observation import ClassAgents
 from monai_breastlt.rl.policies import RatioPolicy
-from monai_breastlt.utils import atomic_open, atomic_write_json, read_json
+from monai_breastlt.utils import atomic_torch_save, torch_load_safe
 
 PPO, _ = optional_import("stable_baselines3", name="PPO")
 configure_logger, _ = optional_import("stable_baselines3.common.logger", name="configure")
@@ -55,7 +55,7 @@ class MultiAgentRatioPolicy(RatioPolicy):
         seed: seed of PPO (torch and numpy generators of SB3).
         ppo_kwargs: extra PPO arguments (``learning_rate``, ``n_epochs``, ``gamma``, ``ent_coef``...).
         agent_kwargs: reward and observation settings of ``ClassAgents`` (``metric``, ``head_penalty``...).
-        model_path: a saved policy (``.zip``) to start from.
+        model_path: a saved policy to start from: ``.pt`` from :meth:`save`, or the weights of an SB3 ``.zip``.
         device: torch device of the PPO networks.
     """
 
@@ -86,11 +86,19 @@ class MultiAgentRatioPolicy(RatioPolicy):
 
     def _build(self, env) -> None:
         kwargs = {"n_steps": self.n_steps, "batch_size": self.n_steps * env.num_envs, **self.ppo_kwargs}
-        if self.model_path is not None:
-            self.model = PPO.load(self.model_path, env=env, device=self.device, custom_objects={"n_steps": self.n_steps})
-        else:
-            self.model = PPO("MlpPolicy", env, seed=self.seed, device=self.device, verbose=0, **kwargs)
+        self.model = PPO("MlpPolicy", env, seed=self.seed, device=self.device, verbose=0, **kwargs)
         self.model.set_logger(configure_logger(None, [""]))
+        if self.model_path is not None:
+            self._load_parameters(self.model_path)
+
+    def _load_parameters(self, path: str | os.PathLike) -> None:
+        """Weights only, never unpickled objects: our ``.pt`` (``torch.load(weights_only=True)``) or an SB3 ``.zip``
+        through ``set_parameters`` (which reads only the ``.pth`` tensors of the archive, weights-only too)."""
+        path = Path(path)
+        if path.suffix == ".zip":
+            self.model.set_parameters(str(path), exact_match=True, device=self.device)
+        else:
+            self.load_state_dict(torch_load_safe(path))
 
     def reset(self, class_counts: Sequence[int], ratios: Sequence[float] | float = 0.0) -> None:
         super().reset(class_counts, ratios)
@@ -144,30 +152,67 @@ class MultiAgentRatioPolicy(RatioPolicy):
         return self.ratios.copy()
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Save the shared PPO policy (SB3 ``.zip``, written atomically) and the agents' state (``.json``)."""
-        path = Path(path)
-        with atomic_open(path.with_suffix(".zip"), "wb") as f:
-            self.model.save(f)
-        atomic_write_json(self.state_dict(), path.with_suffix(".json"))
-        return path.with_suffix(".zip")
+        """Save the shared PPO policy and the agents' state to ``<path>.pt`` (atomically; tensors and plain
+        values only, so :meth:`load` never unpickles code)."""
+        path = Path(path).with_suffix(".pt")
+        atomic_torch_save(self.state_dict(), path)
+        return path
 
     def load(self, path: str | os.PathLike) -> MultiAgentRatioPolicy:
-        """Load a policy saved by :meth:`save`; call :meth:`reset` first to set the classes."""
-        path = Path(path)
-        self.model_path = path.with_suffix(".zip")
+        """Load a policy saved by :meth:`save` (or SB3 ``.zip`` weights); call :meth:`reset` first to set the classes."""
         if self.agents is None:
             raise RuntimeError("call reset(class_counts) before load(): the number of agents comes from the classes.")
-        self.model = None
-        self.reset(self.class_counts, self.ratios)
-        if path.with_suffix(".json").is_file():
-            self.load_state_dict(read_json(path.with_suffix(".json")))
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no saved ratio policy.")
+        self._load_parameters(path)
         return self
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "num_updates": self.num_updates}
+        """Everything to resume learning exactly: ratios, PPO weights and optimizer, the partly filled rollout
+        buffer, the pending transition and the agents' previous report. Tensors and plain values only."""
+        state: dict[str, Any] = {**super().state_dict(), "num_updates": self.num_updates}
+        if self.model is not None:
+            buf = self.model.rollout_buffer
+            state["ppo"] = self.model.get_parameters()
+            state["ppo_n_updates"] = int(self.model._n_updates)
+            state["rollout"] = {"pos": int(buf.pos), "full": bool(buf.full),
+                                **{k: torch.as_tensor(getattr(buf, k)) for k in _BUFFER_FIELDS}}
+        if self._pending is not None:
+            state["pending"] = {k: torch.as_tensor(np.asarray(v)) if not isinstance(v, torch.Tensor) else v.clone()
+                                for k, v in zip(_PENDING_FIELDS, self._pending)}
+        if self.agents is not None:
+            prev = self.agents.prev
+            state["agents"] = {"last_move": self.agents.last_move.tolist(),
+                               "prev": None if prev is None else {k: prev[k] for k in _REPORT_FIELDS if k in prev}}
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.num_updates = int(state.get("num_updates", 0))
         if self.agents is not None and self.ratios is not None:
             self.agents.ratios = self.ratios.copy()
+        if "ppo" in state:
+            if self.model is None:
+                raise RuntimeError("call reset(class_counts) before loading a PPO state.")
+            self.model.set_parameters(state["ppo"], exact_match=True, device=self.device)
+            self.model._n_updates = int(state.get("ppo_n_updates", 0))
+        if "rollout" in state and self.model is not None:
+            buf, r = self.model.rollout_buffer, state["rollout"]
+            for k in _BUFFER_FIELDS:
+                if tuple(r[k].shape) != getattr(buf, k).shape:
+                    raise ValueError(f"saved rollout buffer '{k}' has shape {tuple(r[k].shape)}, expected {getattr(buf, k).shape} "
+                                     "(another number of classes or n_steps).")
+                getattr(buf, k)[...] = r[k].numpy()
+            buf.pos, buf.full = int(r["pos"]), bool(r["full"])
+        if "pending" in state:
+            p = state["pending"]
+            self._pending = (p["obs"].numpy(), p["actions"].numpy(), p["values"], p["log_probs"], p["start"].numpy())
+        if "agents" in state and self.agents is not None:
+            self.agents.last_move = np.asarray(state["agents"]["last_move"], dtype=float)
+            self.agents.prev = state["agents"]["prev"]
+
+
+_BUFFER_FIELDS = ("observations", "actions", "rewards", "returns", "episode_starts", "values", "log_probs", "advantages")
+_PENDING_FIELDS = ("obs", "actions", "values", "log_probs", "start")
+_REPORT_FIELDS = ("recall", "f1", "precision", "macro_f1", "balanced_accuracy", "g_mean", "head_recall", "medium_recall", "tail_recall", "accuracy")
