@@ -80,3 +80,36 @@ def test_state_dict_resumes_learning_exactly(tmp_path):
     assert all(torch.equal(x, y) for x, y in zip(out["a"][1], out["b"][1]))
     with pytest.raises(FileNotFoundError, match="no saved ratio policy"):
         make().load(tmp_path / "missing.pt")
+
+
+def test_sb3_zip_weights_load_without_unpickling(tmp_path):
+    """An SB3 .zip is read for its tensors only: a malicious pickled 'data' entry is never executed."""
+    import base64
+
+    import os
+    import pickle
+    import zipfile
+
+    class Payload:
+        def __reduce__(self):
+            return (os.mkdir, (str(tmp_path / "pwned"),))
+
+    src = MultiAgentRatioPolicy(seed=5, n_steps=2)
+    src.reset(COUNTS, 0.2)
+    clean = tmp_path / "clean.zip"
+    src.model.save(clean)
+    evil = tmp_path / "evil.zip"
+    with zipfile.ZipFile(clean) as zin, zipfile.ZipFile(evil, "w") as zout:
+        for item in zin.infolist():
+            data = zin.read(item.filename)
+            if item.filename == "data":
+                bad = base64.b64encode(pickle.dumps(Payload())).decode()
+                data = ('{"policy_class": {":serialized:": "%s"}, "lr_schedule": {":serialized:": "%s"}}' % (bad, bad)).encode()
+            zout.writestr(item, data)
+    loaded = MultiAgentRatioPolicy(seed=9, n_steps=2, model_path=evil, deterministic=True)
+    loaded.reset(COUNTS, 0.2)
+    assert not (tmp_path / "pwned").exists()
+    obs = np.clip(np.random.default_rng(0).normal(size=(6, 12)), -1, 1).astype(np.float32)
+    src.deterministic = True
+    assert np.array_equal(src.act(obs), loaded.act(obs))  # the weights did arrive
+

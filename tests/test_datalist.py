@@ -132,3 +132,17 @@ def test_validate_items_property(entries):
     items[-1]["label"] = 5
     with pytest.raises(ValueError, match=f"entry {len(items) - 1} .*label 5"):
         validate_items(items, classes)
+
+
+def test_classes_without_real_training_images_are_reported(tmp_path, caplog):
+    from monai_breastlt.data import load_training_data
+
+    img = tmp_path / "a.png"
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(img)
+    write_datalist(tmp_path / "d.json", {"training": [{"image": str(img), "label": 0}]}, ["cyst", "mastitis", "phyllodes"])
+    write_datalist(tmp_path / "pool.json", {"training": [{"image": str(img), "label": 1}]}, ["cyst", "mastitis", "phyllodes"])
+    with caplog.at_level("WARNING"):
+        data = load_training_data(tmp_path / "d.json", tmp_path / "pool.json")
+    assert data["real_counts"] == [1, 0, 0]
+    assert "class 'mastitis' has no real image in section 'training'; it is learnt from its 1 synthetic images only" in caplog.text
+    assert "class 'phyllodes' has no real image in section 'training'; no real or synthetic image" in caplog.text

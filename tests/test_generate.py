@@ -76,3 +76,32 @@ def test_pool_pointing_at_missing_files_is_named(tiny_phantom, tmp_path):
     os.remove(item["image"])
     with pytest.raises(FileNotFoundError, match=r"pool.json.*entry 0: image file .* does not exist"):
         load_mixed_datalist(tiny_phantom, manifest)
+
+
+def test_full_disk_during_generation_fails_cleanly_then_resumes(tiny_phantom, tmp_path, monkeypatch):
+    import errno
+    import os
+
+    import monai_breastlt.utils as utils
+
+    sources, _ = load_datalist(tiny_phantom, "training")
+    sources = [{"image": s["image"], "label": s["label"]} for s in sources]
+    real_fsync, calls = os.fsync, {"n": 0}
+
+    def filling_disk(fd):
+        calls["n"] += 1
+        if calls["n"] > 9:  # the disk fills up during the second batch (a batch: 3 images, 3 sketches, the manifest)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+
+    monkeypatch.setattr(utils.os, "fsync", filling_disk)
+    with pytest.raises(OSError, match="disk full while writing .*free space and run again"):
+        _generator(tiny_phantom, tmp_path / "pool").run(TARGETS, sources)
+    monkeypatch.setattr(utils.os, "fsync", real_fsync)
+    assert not list((tmp_path / "pool").rglob(".*.tmp"))  # no half-written files left behind
+    items, _ = load_datalist(tmp_path / "pool" / "pool.json")  # the manifest on disk is complete and valid
+    assert all(os.path.isfile(i["image"]) for i in items)
+    manifest = _generator(tiny_phantom, tmp_path / "pool").run(TARGETS, sources)  # space freed: resume
+    items, _ = load_datalist(manifest)
+    assert Counter(i["label"] for i in items) == {c: n for c, n in enumerate(TARGETS) if n}
+    assert len({i["id"] for i in items}) == sum(TARGETS)

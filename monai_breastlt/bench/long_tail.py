@@ -16,6 +16,7 @@ import numpy as np
 
 from monai_breastlt.bench.workflow import find_bundles, run_bundle
 from monai_breastlt.data import SECTIONS, load_datalist_file, long_tail_subsample, prepare_split, read_any_source, write_datalist
+from monai_breastlt.handlers import mlflow_tracking_settings
 from monai_breastlt.utils import atomic_open, atomic_write_json, read_json
 
 __all__ = ["ARMS", "BASELINE_ARMS", "SYNTHETIC_ARMS", "LongTailBenchmark", "prepare_benchmark_data", "summarize_runs"]
@@ -245,7 +246,7 @@ class LongTailBenchmark:
                              classifier_only=opts.get("classifier_only", False), max_epochs=self.crt_epochs)
             self.log(f"bench lt: train {arm} seed {seed}")
             start = time.time()
-            run_bundle(self.cls, ["train.yaml"], tracking="mlflow", tracking_uri=self.tracking_uri,
+            run_bundle(self.cls, ["train.yaml"], tracking=mlflow_tracking_settings(), tracking_uri=self.tracking_uri,
                        experiment_name=self.experiment, run_name=f"{arm}-seed{seed}", **common, **train)
             atomic_write_json({"seconds": time.time() - start}, rdir / "train_done.json")
         self.log(f"bench lt: test {arm} seed {seed}")

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import monai_breastlt
 from monai_breastlt.utils import atomic_write_json, read_json
 
-__all__ = ["default_bundles_dir", "find_bundles", "run_bundle", "train_synthesis", "TINY_NETS"]
+__all__ = ["check_overrides", "default_bundles_dir", "find_bundles", "run_bundle", "train_synthesis", "TINY_NETS"]
 
 # tiny synthesis networks for tests and smoke runs (bundle overrides)
 TINY_NETS = {
@@ -34,12 +35,46 @@ def find_bundles(bundles_dir: str | os.PathLike | None = None) -> tuple[Path, Pa
     return syn, cls
 
 
+def check_overrides(config_files: list[str], overrides: Mapping, extra_keys: Sequence[str] = ()) -> None:
+    """Refuse overrides that name no key of the configs: a typo (``max_epoch``) would otherwise add a new key
+    silently and leave the intended setting at its default.
+
+    Raises:
+        ValueError: naming each unknown key, the config files, and the closest existing keys.
+    """
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(config_files)
+    known = set(extra_keys) | set(parser.get().keys())
+    unknown = [k for k in overrides if k not in known and k not in parser]
+    if unknown:
+        hints = []
+        for k in unknown:
+            close = difflib.get_close_matches(k.split("#")[0], sorted(known), n=2)
+            hints.append(f"'{k}'" + (f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""))
+        names = ", ".join(Path(c).name for c in config_files)
+        raise ValueError(f"unknown config key(s) for {names}: {', '.join(hints)}.")
+
+
 def run_bundle(bundle: Path, configs: list[str], workflow_type: str = "train", **overrides) -> None:
-    """Run one bundle config through ``monai.bundle.ConfigWorkflow`` (what ``python -m monai.bundle run`` does)."""
+    """Run one bundle config through ``monai.bundle.ConfigWorkflow`` (what ``python -m monai.bundle run`` does).
+
+    Overrides are checked against the configs first (:func:`check_overrides`); with ``tracking`` settings, their
+    ``configs`` keys (``tracking_uri``, ``experiment_name``, ``run_name``...) are accepted too.
+    """
     from monai.bundle import ConfigWorkflow
 
+    files = [str(bundle / "configs" / c) for c in configs]
+    tracking = overrides.get("tracking")
+    extra = ["tracking"] + (list(tracking["configs"]) if isinstance(tracking, dict) else [])
+    if tracking == "mlflow":
+        from monai.bundle.utils import DEFAULT_MLFLOW_SETTINGS
+
+        extra += list(DEFAULT_MLFLOW_SETTINGS["configs"])
+    check_overrides(files, overrides, extra)
     wf = ConfigWorkflow(
-        config_file=[str(bundle / "configs" / c) for c in configs],
+        config_file=files,
         meta_file=str(bundle / "configs" / "metadata.json"),
         logging_file=str(bundle / "configs" / "logging.conf"),
         workflow_type=workflow_type,

@@ -12,6 +12,7 @@ import torch
 
 from monai_breastlt.bench.workflow import TINY_NETS, find_bundles, run_bundle, train_synthesis
 from monai_breastlt.data import generate_phantom
+from monai_breastlt.handlers import mlflow_tracking_settings
 
 # CPU-sized settings; --fast is for tests (about 40 s), the default for the README (about 10 minutes on 2 cores)
 PROFILES = {
@@ -58,7 +59,7 @@ def run_demo(args: argparse.Namespace) -> int:
         shared = {"dataset_dir": str(data), "output_dir": str(arm_out), "image_size": cfg["image_size"],
                   "batch_size": cfg["batch_size"], "seed": args.seed, **extra}
         stamp(f"classification bundle: train.yaml ({arm})")
-        run_bundle(cls, ["train.yaml"], max_epochs=cfg["cls_epochs"], tracking="mlflow", tracking_uri=tracking_uri,
+        run_bundle(cls, ["train.yaml"], max_epochs=cfg["cls_epochs"], tracking=mlflow_tracking_settings(), tracking_uri=tracking_uri,
                    experiment_name="breastlt_demo", run_name=arm, **shared)
         stamp(f"classification bundle: evaluate.yaml ({arm}, test split)")
         run_bundle(cls, ["train.yaml", "evaluate.yaml"], workflow_type="infer", **shared)

@@ -11,6 +11,7 @@ A datalist file is MONAI's decathlon layout plus the class list::
 from __future__ import annotations
 
 import csv
+import logging
 import hashlib
 import os
 import re
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from monai_breastlt.utils import atomic_open, atomic_write_json, read_json
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -395,6 +398,12 @@ def load_training_data(
 
     items, classes = load_mixed_datalist(datalist, pool, section)
     prof = long_tail_profile([i["label"] for i in items if i["source"] == "real"], classes, head_ratio, tail_ratio)
+    synthetic = Counter(i["label"] for i in items if i["source"] == "synthetic")
+    for c, name in enumerate(classes):
+        if prof.counts[c] == 0:
+            what = (f"it is learnt from its {synthetic[c]} synthetic images only" if synthetic[c]
+                    else "no real or synthetic image: the classifier never sees it and its recall will be 0")
+            logger.warning(f"{datalist}: class '{name}' has no real image in section '{section}'; {what}.")
     return {
         "items": items,
         "classes": classes,

@@ -5,3 +5,4 @@ from .checkpoint import AtomicCheckpointSaver, BestModelState, ResumeCheckpointL
 from .determinism import EpochDeterminism
 from .report import LongTailReportHandler
 from .reweighting import DeferredReweighting
+from .tracking import FaultTolerantMLFlowHandler, mlflow_tracking_settings

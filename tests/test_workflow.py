@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+import pytest
+
+from monai_breastlt.bench.workflow import check_overrides, default_bundles_dir, find_bundles, run_bundle
+from monai_breastlt.handlers import mlflow_tracking_settings
+
+CLS = default_bundles_dir() / "breastlt_classification"
+
+
+def test_config_typos_are_refused_with_a_suggestion(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown config key\(s\) for train.yaml: 'max_epoch' \(did you mean 'max_epochs'\?\)"):
+        run_bundle(CLS, ["train.yaml"], max_epoch=3, dataset_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="'network_def#num_clases'"):
+        check_overrides([str(CLS / "configs" / "train.yaml")], {"network_def#num_clases": 3})
+    # nested ids, keys of a second config file and tracking settings are known
+    files = [str(CLS / "configs" / c) for c in ("train.yaml", "evaluate.yaml")]
+    check_overrides(files, {"network_def#layers": [1, 1, 1, 1], "posthoc_tau": 1.0})
+    check_overrides(files[:1], {"run_name": "x"}, list(mlflow_tracking_settings()["configs"]))
+
+
+def test_missing_bundles_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="bundle not found; pass --bundles"):
+        find_bundles(tmp_path)
