@@ -22,4 +22,4 @@ def test_help_and_bad_input(capsys, tmp_path):
     assert main([]) == 0
     assert "phantom" in capsys.readouterr().out
     assert main(["data-info", str(tmp_path / "missing")]) == 2
-    assert "data folder not found" in capsys.readouterr().err
+    assert "no such data source" in capsys.readouterr().err
