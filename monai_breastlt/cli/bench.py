@@ -11,8 +11,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmarks that print ratios against a baseline measured in the same run")
     which = p.add_subparsers(dest="which", metavar="which", required=True)
 
-    s = which.add_parser("speed", help="sampler epoch time / WeightedRandomSampler")
-    s.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    s = which.add_parser("speed", help="(a) sampler vs WeightedRandomSampler, (b) training and (c) sampling throughput, (d) peak memory")
+    s.add_argument("--parts", nargs="+", default=["sampler", "training", "sampling"], choices=["sampler", "training", "sampling"])
+    s.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000], help="(a) dataset sizes")
+    s.add_argument("--train-items", type=int, default=2048, help="(b) items per epoch")
+    s.add_argument("--train-epochs", type=int, default=3, help="(b) epochs")
+    s.add_argument("--schedules", nargs="+", default=["ddim:20", "ddim:50", "ddpm:1000"], help="(c) KIND:STEPS")
+    s.add_argument("--batch", type=int, default=4, help="(c) images per sampling batch")
+    s.add_argument("--image-size", type=int, default=64, help="(b), (c) image side")
     s.add_argument("--threads", type=int, default=1, help="torch threads (reported)")
     s.set_defaults(func=run_speed)
 
@@ -48,14 +54,31 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def run_speed(args: argparse.Namespace) -> int:
-    from monai_breastlt.bench.speed import bench_sampler
+    from monai_breastlt.bench.speed import bench_sampler, bench_sampling, bench_training
 
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} thread(s); best of 5 epochs")
-    print("| items | samples/epoch | AdaptiveRatioSampler (s) | WeightedRandomSampler (s) | ratio |")
-    print("|---|---|---|---|---|")
-    for r in bench_sampler(args.sizes):
-        print(f"| {r['items']} | {r['epoch_samples']} | {r['adaptive_s']:.4f} | {r['weighted_s']:.4f} | {r['ratio']:.2f} |")
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    print(f"torch {torch.__version__}, {device}, {args.threads} thread(s)")
+    if "sampler" in args.parts:
+        print("\n(a) sampler epoch time, best of 5 epochs")
+        print("| items | samples/epoch | AdaptiveRatioSampler (s) | WeightedRandomSampler (s) | ratio |")
+        print("|---|---|---|---|---|")
+        for r in bench_sampler(args.sizes):
+            print(f"| {r['items']} | {r['epoch_samples']} | {r['adaptive_s']:.4f} | {r['weighted_s']:.4f} | {r['ratio']:.2f} |")
+    mem = lambda r: f"{r['peak_rss_mb']:.0f}" + (f" / {r['peak_cuda_mb']:.0f}" if "peak_cuda_mb" in r else "")  # noqa: E731
+    if "training" in args.parts:
+        print(f"\n(b) classifier training, {args.train_items} items x {args.train_epochs} epochs, {args.image_size} px; (d) peak memory")
+        print("| pipeline | seconds | samples/s | ratio | peak RSS MB (/ CUDA MB) |")
+        print("|---|---|---|---|---|")
+        for r in bench_training(args.train_items, args.train_epochs, args.image_size, threads=args.threads):
+            print(f"| {r['pipeline']} | {r['seconds']:.1f} | {r['samples_per_s']:.1f} | {r['ratio']:.3f} | {mem(r)} |")
+    if "sampling" in args.parts:
+        schedules = [(k, int(n)) for k, n in (x.split(":") for x in args.schedules)]
+        print(f"\n(c) sampling, batch {args.batch}, {args.image_size} px, CFG 2 + ControlNet, bundle-default LDM; (d) peak memory")
+        print("| schedule | implementation | seconds | images/s | ratio | peak RSS MB (/ CUDA MB) |")
+        print("|---|---|---|---|---|---|")
+        for r in bench_sampling(schedules, args.batch, args.image_size, threads=args.threads):
+            print(f"| {r['sampler']} | {r['impl']} | {r['seconds']:.2f} | {r['images_per_s']:.3f} | {r['ratio']:.3f} | {mem(r)} |")
     return 0
 
 
