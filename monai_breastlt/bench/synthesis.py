@@ -37,8 +37,14 @@ def benchmark_synthesis(
     seed: int = 0,
     bundles_dir: str | os.PathLike | None = None,
     log: Callable[[str], None] = print,
+    data_source: str | os.PathLike | None = None,
+    min_count: int = 0,
+    image_size: int | None = None,
+    target_mode: str = "fill",
+    target_n: int | None = None,
 ) -> dict:
-    """Phantom -> synthesis bundle (all stages + pool) -> real-only classifier -> audit; resumable by stage.
+    """Phantom (or your data) -> synthesis bundle (all stages + pool) -> real-only classifier -> audit; resumable by
+    stage.
 
     Args:
         out_dir: output folder (``data/`` with the phantom and ``data/pool``, ``synthesis/``, ``classifier/``).
@@ -46,23 +52,36 @@ def benchmark_synthesis(
         seed: seed of the phantom, the networks and the sampling.
         bundles_dir: folder holding the two bundles (default: the repository's).
         log: progress printer.
+        data_source: real data instead of the phantom (anything :func:`~monai_breastlt.data.read_any_source` reads);
+            it is split by patient exactly as ``bench lt`` splits it (same ``min_count``, seed 0), so the pool made
+            here can feed ``bench lt --pool`` on the same data without test images leaking into the generator.
+        min_count: with ``data_source``, BUS-BRA classes with fewer images merge into "other".
+        image_size: image side (default: the profile's).
+        target_mode, target_n: how many images per class the pool gets (see ``plan_targets``).
 
     Returns:
         the benchmark report (also written to ``synthesis_benchmark.json`` and ``.md``).
     """
     if profile not in SYNTHESIS_PROFILES:
         raise ValueError(f"profile must be one of {sorted(SYNTHESIS_PROFILES)}, got '{profile}'.")
-    cfg = SYNTHESIS_PROFILES[profile]
+    cfg = dict(SYNTHESIS_PROFILES[profile])
+    if image_size:
+        cfg["image_size"] = int(image_size)
     syn, cls = find_bundles(bundles_dir)
     out = Path(out_dir).resolve()
     data = out / "data"
     start = time.time()
-    if not (data / "datalist.json").is_file():
+    if data_source is not None:
+        from monai_breastlt.bench.long_tail import prepare_benchmark_data
+
+        prepare_benchmark_data(data_source, data, min_count=min_count)
+        cfg.update(source=str(data_source), min_count=min_count)
+    elif not (data / "datalist.json").is_file():
         generate_phantom(data, cfg["head_count"], cfg["imbalance_ratio"], cfg["image_size"], seed)
     common = {"dataset_dir": str(data), "output_dir": str(out / "synthesis"), "image_size": cfg["image_size"],
               "batch_size": cfg["batch_size"], "seed": seed, **(TINY_NETS if cfg["tiny"] else {})}
     epochs = {k: cfg[k] for k in ("autoencoder", "perception", "unet", "controlnet")}
-    times = train_synthesis(syn, common, epochs, generate={"num_inference_steps": cfg["steps"]}, log=log)
+    times = train_synthesis(syn, common, epochs, generate={"num_inference_steps": cfg["steps"], "target_mode": target_mode, "target_n": target_n}, log=log)
 
     # the judge: a classifier trained on real images only, with class-balanced sampling so the tail is learnt too
     judge = out / "classifier"

@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+import pytest
+
+from monai_breastlt.bench.synthesis import benchmark_synthesis, format_synthesis_report
+from monai_breastlt.data import generate_phantom
+from monai_breastlt.data.datalist import load_datalist_file
+
+
+def test_bad_profile_is_named(tmp_path):
+    with pytest.raises(ValueError, match="profile must be one of"):
+        benchmark_synthesis(tmp_path, "huge")
+
+
+def test_tiny_phase1_on_a_given_data_source_then_resume(tmp_path):
+    src = generate_phantom(tmp_path / "src", head_count=10, imbalance_ratio=3, image_size=32, seed=1)
+    out = tmp_path / "bench"
+    report = benchmark_synthesis(out, "tiny", data_source=src, target_mode="up_to", target_n=8, log=lambda m: None)
+    data = load_datalist_file(out / "data" / "datalist.json")
+    counts = [sum(i["label"] == c for i in data["training"]) for c in range(len(data["classes"]))]
+    pool = load_datalist_file(out / "data" / "pool" / "pool.json")
+    made = [sum(e["label"] == c for e in pool["training"]) for c in range(len(data["classes"]))]
+    assert made == [max(8 - c, 0) for c in counts]  # the pool fills the given data's own training split
+    assert report["settings"]["source"] == str(src) and set(report["per_class"]) == set(data["classes"])
+    assert 0 <= report["overall"]["sketch_dice"] <= 1 and report["overall"]["fid"] >= 0
+    assert "| subtype |" in (out / "synthesis_benchmark.md").read_text() == format_synthesis_report(report)
+    logs: list[str] = []
+    again = benchmark_synthesis(out, "tiny", data_source=src, target_mode="up_to", target_n=8, log=logs.append)
+    assert sum("already done" in m for m in logs) == 5  # every stage and the pool are skipped on resume
+    assert again["per_class"] == report["per_class"]
