@@ -28,3 +28,4 @@ def test_tiny_phase1_on_a_given_data_source_then_resume(tmp_path):
     again = benchmark_synthesis(out, "tiny", data_source=src, target_mode="up_to", target_n=8, log=logs.append)
     assert sum("already done" in m for m in logs) == 5  # every stage and the pool are skipped on resume
     assert again["per_class"] == report["per_class"]
+    assert again["total_s"] == pytest.approx(report["total_s"], abs=60) and again["wall_s"] < report["total_s"]
