@@ -31,7 +31,7 @@ def test_broken_store_warns_and_training_finishes(tiny_phantom, tmp_path, capsys
     assert any("ratio/cyst" in r["metrics"] for r in rows)
 
 
-def test_working_store_logs_as_usual(tiny_phantom, tmp_path):
+def test_working_store_logs_as_usual(tiny_phantom, tmp_path, capsys):
     out = tmp_path / "cls"
     run_bundle(CLS, ["train.yaml"], tracking=mlflow_tracking_settings(), dataset_dir=str(tiny_phantom.parent),
                output_dir=str(out), max_epochs=1, image_size=32, batch_size=8, policy_name="none", run_name="ok")
@@ -39,3 +39,5 @@ def test_working_store_logs_as_usual(tiny_phantom, tmp_path):
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert [r.info.run_name for r in runs] == ["ok"] and "train_loss" in runs[0].data.metrics
     assert not (out / "mlflow_fallback_metrics.jsonl").exists()
+    assert "without MLflow" not in capsys.readouterr().out  # every event handler, the final one included, worked
+    assert client.list_artifacts(runs[0].info.run_id)  # the executed config, logged when the run completes

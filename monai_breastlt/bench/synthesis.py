@@ -39,6 +39,7 @@ def benchmark_synthesis(
     log: Callable[[str], None] = print,
     data_source: str | os.PathLike | None = None,
     min_count: int = 0,
+    imbalance_ratio: float | None = None,
     image_size: int | None = None,
     target_mode: str = "fill",
     target_n: int | None = None,
@@ -56,6 +57,8 @@ def benchmark_synthesis(
             it is split by patient exactly as ``bench lt`` splits it (same ``min_count``, seed 0), so the pool made
             here can feed ``bench lt --pool`` on the same data without test images leaking into the generator.
         min_count: with ``data_source``, BUS-BRA classes with fewer images merge into "other".
+        imbalance_ratio: with ``data_source``, subsample its training split to this ratio (CIFAR-LT), as
+            ``bench lt --imbalance-ratio`` does.
         image_size: image side (default: the profile's).
         target_mode, target_n: how many images per class the pool gets (see ``plan_targets``).
 
@@ -74,8 +77,9 @@ def benchmark_synthesis(
     if data_source is not None:
         from monai_breastlt.bench.long_tail import prepare_benchmark_data
 
-        prepare_benchmark_data(data_source, data, min_count=min_count)
-        cfg.update(source=str(data_source), min_count=min_count)
+        prepare_benchmark_data(data_source, data, imbalance_ratio, min_count)
+        cfg.update(source=str(data_source), min_count=min_count, data_imbalance_ratio=imbalance_ratio)
+        del cfg["head_count"], cfg["imbalance_ratio"]  # phantom settings, unused here
     elif not (data / "datalist.json").is_file():
         generate_phantom(data, cfg["head_count"], cfg["imbalance_ratio"], cfg["image_size"], seed)
     common = {"dataset_dir": str(data), "output_dir": str(out / "synthesis"), "image_size": cfg["image_size"],

@@ -29,6 +29,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--bundles", default=None, help="folder holding the two bundles (default: next to the package)")
     s.add_argument("--data", default=None, help="train on this data instead of the phantom (split as `bench lt` splits it)")
     s.add_argument("--min-count", type=int, default=0, help="with --data on BUS-BRA: merge classes with fewer images into 'other'")
+    s.add_argument("--imbalance-ratio", type=float, default=None, help="with --data: subsample its training split (CIFAR-LT), as bench lt does")
     s.add_argument("--image-size", type=int, default=None, help="image side (default: the profile's)")
     s.add_argument("--target-mode", default="fill", choices=["fill", "up_to", "each"], help="pool size per class")
     s.add_argument("--target-n", type=int, default=None, help="N of up_to / each")
@@ -93,6 +94,7 @@ def run_synthesis(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     report = benchmark_synthesis(args.out, args.profile, args.seed, args.bundles, data_source=args.data, min_count=args.min_count,
+                                 imbalance_ratio=args.imbalance_ratio,
                                  image_size=args.image_size, target_mode=args.target_mode, target_n=args.target_n)
     print(format_synthesis_report(report))
     return 0

@@ -83,8 +83,8 @@ class FaultTolerantMLFlowHandler(MLFlowHandler):
         if self.failed is not None:
             self._keep_locally(engine)
 
-    def complete(self, engine: Engine) -> None:
-        self._try(super().complete, engine)
+    def complete(self) -> None:  # MONAI's ``complete`` takes no engine (ignite passes one only if asked for)
+        self._try(super().complete)
 
     def close(self) -> None:
         if self.client is None:
