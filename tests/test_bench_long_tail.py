@@ -2,9 +2,11 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import mlflow
 import pytest
+import torch
 
 from monai_breastlt.bench.long_tail import (
     ARMS,
@@ -89,3 +91,23 @@ def test_summary_and_comparison_by_hand():
     assert c["best_baseline"] == "ce" and c["d_macro_f1"] == pytest.approx(5.0) and c["d_tail_recall"] == pytest.approx(20.0)
     assert c["d_head_recall_vs_ce"] == pytest.approx(-5.0)
     assert "| ce | 2 | 50.0 ± 14.1 |" in format_markdown(rows, c)
+
+
+def test_pretrained_rl_arm_gets_a_warm_start_once(tiny_phantom, tmp_path):
+    from monai_breastlt.rl import MultiAgentRatioPolicy
+
+    pool = tmp_path / "pool.json"
+    write_datalist(pool, {"training": []}, load_datalist_file(tiny_phantom)["classes"])
+    bench = LongTailBenchmark(prepare_benchmark_data(tiny_phantom, tmp_path), tmp_path, pool=pool, arms=["syn_rl_pretrained"],
+                              epochs=3, pretrain_steps=256)
+    common = bench._common("syn_rl_pretrained", 0)
+    path = Path(common["policy_model_path"])
+    assert path.is_file() and common["policy_name"] == "rl" and "policy_model_path" not in bench._common("syn_rl", 0)
+    stamp = path.stat().st_mtime_ns
+    assert bench.pretrained_policy(0) == path and path.stat().st_mtime_ns == stamp  # made once, then reused
+    doc = load_datalist_file(bench.datalist)
+    counts = [sum(i["label"] == c for i in doc["training"]) for c in range(len(doc["classes"]))]
+    warm, cold = MultiAgentRatioPolicy(seed=0, model_path=path), MultiAgentRatioPolicy(seed=0)
+    warm.reset(counts, 0.3), cold.reset(counts, 0.3)
+    w, c = (p.model.policy.state_dict() for p in (warm, cold))
+    assert any(not torch.equal(w[k], c[k]) for k in w)  # the pre-trained weights were loaded, not a fresh init

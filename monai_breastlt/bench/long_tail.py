@@ -19,7 +19,7 @@ from monai_breastlt.data import SECTIONS, load_datalist_file, long_tail_subsampl
 from monai_breastlt.handlers import mlflow_tracking_settings
 from monai_breastlt.utils import atomic_open, atomic_write_json, read_json
 
-__all__ = ["ARMS", "BASELINE_ARMS", "SYNTHETIC_ARMS", "LongTailBenchmark", "prepare_benchmark_data", "summarize_runs"]
+__all__ = ["ARMS", "BASELINE_ARMS", "RL_ARMS", "SYNTHETIC_ARMS", "LongTailBenchmark", "prepare_benchmark_data", "summarize_runs"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,10 @@ ARMS: dict[str, dict] = {
     "syn_fixed": {"policy_name": "fixed", "sampler_target": "balanced", "synthetic": True},
     "syn_heuristic": {"policy_name": "heuristic", "sampler_target": "balanced", "synthetic": True},
     "syn_rl": {"policy_name": "rl", "sampler_target": "balanced", "synthetic": True},
+    # the same agents, warm-started on a proxy of the run (ToyRatioProcess with the training counts), then online
+    "syn_rl_pretrained": {"policy_name": "rl", "sampler_target": "balanced", "synthetic": True, "pretrain": True},
 }
+RL_ARMS = ("syn_rl", "syn_rl_pretrained")
 SYNTHETIC_ARMS = tuple(a for a, o in ARMS.items() if o.get("synthetic"))
 BASELINE_ARMS = tuple(a for a in ARMS if a not in SYNTHETIC_ARMS)
 METRICS = ("macro_f1", "balanced_accuracy", "g_mean", "head_recall", "medium_recall", "tail_recall", "accuracy")
@@ -108,17 +111,18 @@ def _fmt(mean: float, std: float) -> str:
     return "n/a" if math.isnan(mean) else f"{100 * mean:.1f} ± {100 * std:.1f}"
 
 
-def format_markdown(rows: Sequence[dict], comparison: dict | None = None) -> str:
+def format_markdown(rows: Sequence[dict], comparison: dict | Sequence[dict] | None = None) -> str:
     """Markdown table (percent, mean ± std over seeds) and the comparison against the best baseline."""
     cols = [("macro_f1", "macro-F1"), ("balanced_accuracy", "balanced acc."), ("g_mean", "G-mean"),
             ("head_recall", "head recall"), ("medium_recall", "medium recall"), ("tail_recall", "tail recall")]
     lines = ["| arm | seeds | " + " | ".join(c for _, c in cols) + " |", "|---|---|" + "---|" * len(cols)]
     for r in rows:
         lines.append(f"| {r['arm']} | {r['seeds']} | " + " | ".join(_fmt(r[f'{m}_mean'], r[f'{m}_std']) for m, _ in cols) + " |")
-    if comparison:
-        c = comparison
+    comparisons = [comparison] if isinstance(comparison, dict) else [c for c in comparison or [] if c]
+    if comparisons:
+        lines.append("")
+    for c in comparisons:
         lines += [
-            "",
             f"{c['method']} vs the best baseline by macro-F1 ({c['best_baseline']}): macro-F1 {c['d_macro_f1']:+.1f} "
             f"(target >= +3), tail recall {c['d_tail_recall']:+.1f} (target >= +5); head recall vs ce "
             f"{c['d_head_recall_vs_ce']:+.1f} (target within 1 point). Percentage points, means over seeds.",
@@ -163,7 +167,8 @@ class LongTailBenchmark:
         batch_size: batch size.
         fixed_ratio: the synthetic ratio of ``syn_fixed`` and the starting ratio of the adaptive policies.
         crt_epochs: epochs of cRT's classifier re-training (default: a quarter of ``epochs``, at least 1).
-        ppo_n_steps: validations per PPO update of ``syn_rl``.
+        ppo_n_steps: validations per PPO update of ``syn_rl`` / ``syn_rl_pretrained``.
+        pretrain_steps: class-agent steps of the proxy pre-training of ``syn_rl_pretrained``.
         experiment: MLflow experiment name.
         bundles_dir: folder holding the bundles (default: the repository's).
         overrides: further classification-bundle overrides for every run (e.g. ``{"learning_rate": 3e-4}``).
@@ -184,6 +189,7 @@ class LongTailBenchmark:
         fixed_ratio: float = 0.3,
         crt_epochs: int | None = None,
         ppo_n_steps: int = 4,
+        pretrain_steps: int = 12_000,
         experiment: str = "breastlt_bench_lt",
         bundles_dir: str | os.PathLike | None = None,
         overrides: dict | None = None,
@@ -203,7 +209,7 @@ class LongTailBenchmark:
         self.pool = str(Path(pool).resolve()) if pool else None
         self.arms, self.seeds = list(arms), [int(s) for s in seeds]
         self.epochs, self.epoch_size, self.image_size, self.batch_size = epochs, epoch_size, image_size, batch_size
-        self.fixed_ratio, self.ppo_n_steps = fixed_ratio, ppo_n_steps
+        self.fixed_ratio, self.ppo_n_steps, self.pretrain_steps = fixed_ratio, ppo_n_steps, pretrain_steps
         self.crt_epochs = crt_epochs or max(1, epochs // 4)
         self.experiment = experiment
         self.tracking_uri = f"sqlite:///{self.out / 'mlruns.db'}"
@@ -214,9 +220,28 @@ class LongTailBenchmark:
     def run_dir(self, arm: str, seed: int) -> Path:
         return self.out / "runs" / arm / f"seed{seed}"
 
+    def pretrained_policy(self, seed: int) -> Path:
+        """The warm start of ``syn_rl_pretrained``: the shared PPO policy trained on a :class:`ToyRatioProcess` with
+        this benchmark's training class counts and epoch budget (about 10 s), saved once per seed as SB3 weights."""
+        path = self.out / "rl_pretrained" / f"seed{seed}.zip"
+        if path.is_file():
+            return path
+        from monai_breastlt.rl import MultiAgentRatioPolicy, ToyRatioProcess
+
+        doc = load_datalist_file(self.datalist)
+        counts = np.bincount([int(i["label"]) for i in doc["training"]], minlength=len(doc["classes"]))
+        policy = MultiAgentRatioPolicy(n_steps=self.ppo_n_steps, seed=seed)
+        policy.pretrain(ToyRatioProcess(counts, horizon=self.epochs, seed=seed), total_timesteps=self.pretrain_steps)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.tmp.zip")
+        policy.model.save(str(tmp))
+        os.replace(tmp, path)  # atomic: a killed pre-training leaves no half-written warm start
+        return path
+
     def _common(self, arm: str, seed: int) -> dict:
         opts = ARMS[arm]
-        return {
+        extra = {"policy_model_path": str(self.pretrained_policy(seed))} if opts.get("pretrain") else {}
+        return {**extra, 
             "dataset_dir": str(self.out), "datalist": str(self.datalist), "output_dir": str(self.run_dir(arm, seed)),
             "pool": self.pool if opts.get("synthetic") else None, "seed": seed, "image_size": self.image_size,
             "batch_size": self.batch_size, "epoch_size": self.epoch_size,
@@ -299,7 +324,7 @@ class LongTailBenchmark:
             writer.writerows(data)
             with atomic_open(self.out / name, "w", newline="") as f:
                 f.write(buf.getvalue())
-        text = format_markdown(rows, compare_to_baselines(rows))
+        text = format_markdown(rows, [compare_to_baselines(rows, m) for m in RL_ARMS])
         with atomic_open(self.out / "results.md", "w") as f:
             f.write(text + f"\n{len(runs)} runs; this invocation took {seconds:.0f} s (finished runs are read back, not re-run).\n")
         plot_arm_bars(rows, self.out / "results.png")

@@ -103,7 +103,7 @@ def run_synthesis(args: argparse.Namespace) -> int:
 def run_lt(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from monai_breastlt.bench.long_tail import LongTailBenchmark, compare_to_baselines, format_markdown, prepare_benchmark_data
+    from monai_breastlt.bench.long_tail import RL_ARMS, LongTailBenchmark, compare_to_baselines, format_markdown, prepare_benchmark_data
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -114,7 +114,7 @@ def run_lt(args: argparse.Namespace) -> int:
         args.batch_size, args.fixed_ratio, args.crt_epochs, experiment=args.experiment, bundles_dir=args.bundles,
     )
     rows = bench.run()
-    print(format_markdown(rows, compare_to_baselines(rows)))
+    print(format_markdown(rows, [compare_to_baselines(rows, m) for m in RL_ARMS]))
     print(f"tables: {bench.out / 'results.md'}, {bench.out / 'results.csv'}; plot: {bench.out / 'results.png'}")
     print(f"MLflow : mlflow ui --backend-store-uri {bench.tracking_uri}")
     return 0
