@@ -232,16 +232,15 @@ class LongTailBenchmark:
         counts = np.bincount([int(i["label"]) for i in doc["training"]], minlength=len(doc["classes"]))
         policy = MultiAgentRatioPolicy(n_steps=self.ppo_n_steps, seed=seed)
         policy.pretrain(ToyRatioProcess(counts, horizon=self.epochs, seed=seed), total_timesteps=self.pretrain_steps)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.tmp.zip")
-        policy.model.save(str(tmp))
-        os.replace(tmp, path)  # atomic: a killed pre-training leaves no half-written warm start
+        with atomic_open(path, "wb") as f:  # a killed pre-training leaves no half-written warm start
+            policy.model.save(f)
         return path
 
     def _common(self, arm: str, seed: int) -> dict:
         opts = ARMS[arm]
         extra = {"policy_model_path": str(self.pretrained_policy(seed))} if opts.get("pretrain") else {}
-        return {**extra, 
+        return {
+            **extra,
             "dataset_dir": str(self.out), "datalist": str(self.datalist), "output_dir": str(self.run_dir(arm, seed)),
             "pool": self.pool if opts.get("synthetic") else None, "seed": seed, "image_size": self.image_size,
             "batch_size": self.batch_size, "epoch_size": self.epoch_size,

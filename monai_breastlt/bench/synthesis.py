@@ -7,7 +7,6 @@ sample grid.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -16,7 +15,7 @@ from pathlib import Path
 
 from monai_breastlt.bench.workflow import TINY_NETS, find_bundles, run_bundle, train_synthesis
 from monai_breastlt.data import generate_phantom
-from monai_breastlt.utils import atomic_write_json
+from monai_breastlt.utils import atomic_write_json, read_json
 
 __all__ = ["SYNTHESIS_PROFILES", "benchmark_synthesis", "format_synthesis_report"]
 
@@ -101,13 +100,13 @@ def benchmark_synthesis(
     else:
         log("classification bundle: real-data classifier already trained, skipped")
     if (judge / "train_seconds.json").is_file():  # kept across resumes so the total below counts every stage once
-        times["classifier"] = json.loads((judge / "train_seconds.json").read_text())["seconds"]
+        times["classifier"] = read_json(judge / "train_seconds.json")["seconds"]
     log("synthesis bundle: audit.yaml")
     t = time.time()
     run_bundle(syn, ["common.yaml", "audit.yaml"], workflow_type="infer", classifier_ckpt=str(judge / "models" / "model.pt"), **common)
     times["audit"] = time.time() - t
-    audit = json.loads((data / "pool" / "audit" / "audit_report.json").read_text())
-    real = json.loads((judge / "test_report.json").read_text())
+    audit = read_json(data / "pool" / "audit" / "audit_report.json")
+    real = read_json(judge / "test_report.json")
     per_class = {}
     for c, name in enumerate(audit["classes"]):
         a = audit["per_class"].get(name, {})
@@ -148,7 +147,7 @@ def format_synthesis_report(report: dict) -> str:
         f"- sketch adherence (Dice): **{num(o['sketch_dice'])}** (target >= 0.5)",
         f"- FID on the judge's features: **{num(o['fid'])}** vs **{num(o['real_vs_real']['fid'])}** real vs real "
         f"(MMD {o['mmd']:.4f} vs {o['real_vs_real']['mmd']:.4f}); near-copies of real images: {o['near_copies']}",
-        "- seconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in report["seconds"].items()) + f"; total {report.get('total_s', report['wall_s']):.0f} s (this invocation {report['wall_s']:.0f} s)",
+        "- seconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in report["seconds"].items()) + f"; total {report['total_s']:.0f} s (this invocation {report['wall_s']:.0f} s)",
         f"- sample grid: {report['sample_grid']}",
     ]
     return "\n".join(lines) + "\n"
