@@ -29,3 +29,15 @@ def test_tiny_phase1_on_a_given_data_source_then_resume(tmp_path):
     assert sum("already done" in m for m in logs) == 5  # every stage and the pool are skipped on resume
     assert again["per_class"] == report["per_class"]
     assert again["total_s"] == pytest.approx(report["total_s"], abs=60) and again["wall_s"] < report["total_s"]
+
+
+def test_tiny_phantom_judge_learns_from_an_independent_balanced_phantom(tmp_path):
+    report = benchmark_synthesis(tmp_path, "tiny", target_mode="each", target_n=2, log=lambda m: None)
+    judge = load_datalist_file(tmp_path / "judge_data" / "datalist.json")
+    data = load_datalist_file(tmp_path / "data" / "datalist.json")
+    everything = judge["training"] + judge["validation"] + judge["test"]
+    per_class = [sum(i["label"] == c for i in everything) for c in range(len(judge["classes"]))]
+    assert judge["classes"] == data["classes"] and per_class == [report["settings"]["judge_count"]] * len(per_class)
+    seen = {open(i["image"], "rb").read() for i in data["training"]}
+    assert not any(open(i["image"], "rb").read() in seen for i in everything)  # another seed: no shared image
+    assert report["real_test_balanced_accuracy"] is not None and all(v["synthetic"] == 2 for v in report["per_class"].values())

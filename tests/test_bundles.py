@@ -86,6 +86,22 @@ def test_synthesis_stage_cli(tiny_phantom, tmp_path):
     assert "train_loss" in runs[0].data.metrics
 
 
+def test_synthesis_bundle_samples_rare_classes_more_often(tiny_phantom):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(SYN / "configs/common.yaml")])
+    parser.update({"dataset_dir": str(tiny_phantom.parent), "class_balance": 1.0})
+    sampler = parser.get_parsed_content("train_sampler")
+    labels = parser.get_parsed_content("train_labels")
+    counts = [labels.count(c) for c in range(max(labels) + 1)]
+    drawn = [labels[i] for i in sampler]
+    assert len(drawn) == len(labels)  # an epoch keeps the size of the training set
+    assert max(counts) > 2 * min(counts) and max(drawn.count(c) for c in range(len(counts))) - min(drawn.count(c) for c in range(len(counts))) <= 1
+    sampler.set_epoch(1)
+    assert [labels[i] for i in sampler] != drawn  # reshuffled per epoch (MONAI's trainer calls set_epoch)
+
+
 def test_demo_fast_end_to_end(tmp_path, capsys):
     assert main(["demo", "--fast", "--out", str(tmp_path / "demo")]) == 0
     text = capsys.readouterr().out

@@ -19,14 +19,24 @@ from monai_breastlt.utils import atomic_write_json, read_json
 
 __all__ = ["SYNTHESIS_PROFILES", "benchmark_synthesis", "format_synthesis_report"]
 
-# "cpu": about 40 minutes on 2 cores; "gpu": a longer schedule for a lent GPU; "tiny": tests
+# 16x16 latents (a 4x autoencoder, as MONAI's 2D LDM tutorial at 64x64) and a small UNet: on a CPU budget the number
+# of diffusion steps matters more than the width of the network
+COMPACT_NETS = {"ldm_def#ae_channels": [32, 64, 64], "ldm_def#latent_channels": 4, "ldm_def#unet_channels": [32, 64, 64]}
+
+# "cpu": under an hour on 2 cores; "gpu": a longer schedule for a lent GPU; "tiny": tests.
+# judge_count: on the phantom, the audit's judge trains on an independent, class-balanced phantom set of this many
+# images per class (its labels are ground truth), so fidelity measures the generator rather than how few real tail
+# images a judge would otherwise learn from; with --data the judge trains on the real training split.
 SYNTHESIS_PROFILES = {
     "tiny": dict(head_count=16, imbalance_ratio=4, image_size=32, batch_size=8, autoencoder=1, perception=1, unet=1,
-                 controlnet=1, steps=2, classifier_epochs=1, epoch_size=None, tiny=True),
-    "cpu": dict(head_count=300, imbalance_ratio=50, image_size=64, batch_size=16, autoencoder=4, perception=4, unet=30,
-                controlnet=10, steps=10, classifier_epochs=15, epoch_size=600, tiny=False),
+                 controlnet=1, steps=2, guidance_scale=2.0, classifier_epochs=1, epoch_size=None, judge_count=6,
+                 nets=TINY_NETS, lr={}, class_balance=0.5, checkpoint_interval=1),
+    "cpu": dict(head_count=300, imbalance_ratio=50, image_size=64, batch_size=16, autoencoder=15, perception=4, unet=220,
+                controlnet=80, steps=50, guidance_scale=3.0, classifier_epochs=12, epoch_size=None, judge_count=400,
+                nets=COMPACT_NETS, lr={"unet": 5e-4, "controlnet": 2.5e-4}, class_balance=0.5, checkpoint_interval=10),
     "gpu": dict(head_count=300, imbalance_ratio=50, image_size=64, batch_size=32, autoencoder=30, perception=30,
-                unet=400, controlnet=100, steps=50, classifier_epochs=40, epoch_size=None, tiny=False),
+                unet=1500, controlnet=500, steps=100, guidance_scale=3.0, classifier_epochs=30, epoch_size=None,
+                judge_count=1000, nets={}, lr={}, class_balance=0.5, checkpoint_interval=10),
 }
 
 
@@ -78,18 +88,27 @@ def benchmark_synthesis(
 
         prepare_benchmark_data(data_source, data, imbalance_ratio, min_count)
         cfg.update(source=str(data_source), min_count=min_count, data_imbalance_ratio=imbalance_ratio)
-        del cfg["head_count"], cfg["imbalance_ratio"]  # phantom settings, unused here
+        del cfg["head_count"], cfg["imbalance_ratio"], cfg["judge_count"]  # phantom settings, unused here
     elif not (data / "datalist.json").is_file():
         generate_phantom(data, cfg["head_count"], cfg["imbalance_ratio"], cfg["image_size"], seed)
     common = {"dataset_dir": str(data), "output_dir": str(out / "synthesis"), "image_size": cfg["image_size"],
-              "batch_size": cfg["batch_size"], "seed": seed, **(TINY_NETS if cfg["tiny"] else {})}
+              "batch_size": cfg["batch_size"], "seed": seed, "class_balance": cfg["class_balance"],
+              "checkpoint_interval": cfg["checkpoint_interval"], **cfg["nets"]}
     epochs = {k: cfg[k] for k in ("autoencoder", "perception", "unet", "controlnet")}
-    times = train_synthesis(syn, common, epochs, generate={"num_inference_steps": cfg["steps"], "target_mode": target_mode, "target_n": target_n}, log=log)
+    generate = {"num_inference_steps": cfg["steps"], "guidance_scale": cfg["guidance_scale"], "target_mode": target_mode, "target_n": target_n}
+    lrs = {stage: {"learning_rate": lr} for stage, lr in cfg["lr"].items()}
+    times = train_synthesis(syn, common, epochs, generate=generate, log=log, stage_overrides=lrs)
 
     # the judge: a classifier trained on real images only, with class-balanced sampling so the tail is learnt too
     judge = out / "classifier"
-    shared = {"dataset_dir": str(data), "output_dir": str(judge), "image_size": cfg["image_size"], "seed": seed,
-              "pool": str(data / "no_pool.json"), "policy_name": "none", "sampler_target": "balanced",
+    judge_data = data
+    if data_source is None:  # the phantom's labels are ground truth: an independent balanced set (another seed)
+        judge_data = out / "judge_data"
+        if not (judge_data / "datalist.json").is_file():
+            n_classes = len(read_json(data / "datalist.json")["classes"])
+            generate_phantom(judge_data, image_size=cfg["image_size"], seed=seed + 1000, counts=[cfg["judge_count"]] * n_classes)
+    shared = {"dataset_dir": str(judge_data), "output_dir": str(judge), "image_size": cfg["image_size"], "seed": seed,
+              "pool": str(judge_data / "no_pool.json"), "policy_name": "none", "sampler_target": "balanced",
               "epoch_size": cfg["epoch_size"]}
     if not (judge / "test_report.json").is_file():
         log("classification bundle: real-data classifier for the audit")

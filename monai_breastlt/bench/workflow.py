@@ -91,6 +91,7 @@ def train_synthesis(
     epochs: Mapping[str, int],
     generate: Mapping | None = None,
     log: Callable[[str], None] = print,
+    stage_overrides: Mapping[str, Mapping] | None = None,
 ) -> dict[str, float]:
     """Phase 1 through the synthesis bundle: autoencoder, perception net, UNet, ControlNet, then the pool.
 
@@ -103,6 +104,7 @@ def train_synthesis(
         epochs: ``{"autoencoder", "perception", "unet", "controlnet"}`` epoch counts.
         generate: overrides of ``inference.yaml`` (e.g. ``num_inference_steps``, ``target_mode``); ``None``: no pool.
         log: progress printer.
+        stage_overrides: per-stage overrides (e.g. ``{"unet": {"learning_rate": 5e-4}}``) over the defaults below.
 
     Returns:
         seconds per stage.
@@ -121,7 +123,7 @@ def train_synthesis(
         if name in done:
             log(f"synthesis: {name} already done ({done[name]:.0f} s), skipped")
             continue
-        extra = {**extra, **({"max_epochs": epochs[name]} if name in epochs else {})}
+        extra = {**extra, **((stage_overrides or {}).get(name, {})), **({"max_epochs": epochs[name]} if name in epochs else {})}
         log(f"synthesis bundle: {configs[-1]} ({name}) {extra}")
         start = time.time()
         run_bundle(bundle, configs, workflow_type=kind, **common, **extra)

@@ -24,7 +24,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     s = which.add_parser("synthesis", help="train phase 1 on the phantom and audit the pool (fidelity, Dice, FID)")
     s.add_argument("--out", default="breastlt_bench_synthesis", help="output folder; re-running resumes at the unfinished stage")
-    s.add_argument("--profile", default="cpu", choices=["tiny", "cpu", "gpu"], help="epoch budget (cpu: about 40 min on 2 cores)")
+    s.add_argument("--profile", default="cpu", choices=["tiny", "cpu", "gpu"], help="epoch budget (cpu: under an hour on 2 cores)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--bundles", default=None, help="folder holding the two bundles (default: next to the package)")
     s.add_argument("--data", default=None, help="train on this data instead of the phantom (split as `bench lt` splits it)")

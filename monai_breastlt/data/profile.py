@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["LongTailProfile", "long_tail_groups", "long_tail_profile"]
+__all__ = ["LongTailProfile", "long_tail_groups", "long_tail_profile", "tempered_class_weights"]
 
 HEAD, MEDIUM, TAIL = "head", "medium", "tail"
 
@@ -25,6 +25,21 @@ def long_tail_groups(counts: Sequence[int], head_ratio: float = 0.5, tail_ratio:
     counts = np.asarray(counts, dtype=float)
     top = counts.max() if counts.size else 0.0
     return [HEAD if c >= head_ratio * top else TAIL if c <= tail_ratio * top else MEDIUM for c in counts]
+
+
+def tempered_class_weights(counts: Sequence[int], power: float = 0.5) -> list[float]:
+    """Per-class sampling shares ``n_c ** (1 - power)``, normalised: ``power`` 0 keeps the natural frequencies, 1 is
+    class-balanced, 0.5 is square-root sampling. Classes without items get 0.
+
+    Use as ``AdaptiveRatioSampler(..., target="distribution", class_weights=...)``.
+    """
+    if not 0 <= power <= 1:
+        raise ValueError(f"power must be in [0, 1], got {power}.")
+    n = np.asarray(counts, dtype=float)
+    if n.ndim != 1 or n.size == 0 or np.any(n < 0) or n.sum() <= 0:
+        raise ValueError(f"counts must be non-negative per-class counts, not all zero; got {list(counts)}.")
+    w = np.where(n > 0, np.power(n, 1.0 - power, where=n > 0, out=np.zeros_like(n)), 0.0)
+    return (w / w.sum()).tolist()
 
 
 @dataclass
