@@ -3,6 +3,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 from monai.networks.nets import ResNet
 from PIL import Image
@@ -39,3 +40,60 @@ def test_audit_responds_to_a_corrupted_pool(tiny_phantom, tmp_path):
     assert kept == []  # every memorised image is dropped
     kept = PoolAuditor.filter_pool(noise, rep_noise, classes, tmp_path / "filtered.json", min_class_prob=0.0)
     assert len(kept) == 8 and load_datalist(tmp_path / "filtered.json")[0][0]["id"] == "noise0"
+
+
+class _Identity(torch.nn.Module):
+    """Stands in for an autoencoder that reconstructs perfectly (or, with ``blank``, returns black images)."""
+
+    def __init__(self, blank: bool = False) -> None:
+        super().__init__()
+        self.blank = blank
+
+    def encode(self, x):
+        return x, torch.zeros_like(x)
+
+    def decode(self, z):
+        return torch.zeros_like(z) if self.blank else z
+
+
+def test_audit_sketch_adherence_beats_its_chance_level(tiny_phantom, tmp_path):
+    real, classes = load_datalist(tiny_phantom, "training")
+    torch.manual_seed(0)
+    perception = SketchPerceptionNet(features=(4, 4, 8, 8, 16, 4))
+    auditor = PoolAuditor(_classifier(), classes, perception, image_size=32)
+    pool = []
+    for k, r in enumerate(real[:10]):  # each image conditioned on exactly the sketch the perception net sees in it
+        with torch.no_grad():
+            sketch = perception.predict_sketch(auditor.preprocess({"image": r["image"]})["image"][None])[0, 0]
+        p = tmp_path / f"sketch{k}.png"
+        Image.fromarray(((sketch > 0.5).numpy() * 255).astype(np.uint8)).save(p)
+        pool.append({**r, "id": f"s{k}", "sketch": str(p)})
+    o = auditor.audit(pool, real)["overall"]
+    assert o["sketch_dice"] == pytest.approx(1.0) and o["sketch_dice_chance"] < 0.9
+
+
+def test_audit_reports_what_the_autoencoder_leaves_attainable(tiny_phantom):
+    real, classes = load_datalist(tiny_phantom, "training")
+    pool = [{**r, "id": f"c{k}"} for k, r in enumerate(real[:4])]
+    perfect = PoolAuditor(_classifier(), classes, image_size=32, autoencoder=_Identity()).audit(pool, real)["overall"]
+    assert perfect["reconstruction_balanced_accuracy"] == perfect["real_balanced_accuracy"]
+    blank = PoolAuditor(_classifier(), classes, image_size=32, autoencoder=_Identity(blank=True)).audit(pool, real)
+    present = len({int(r["label"]) for r in real})
+    # every black image gets the same class: one class fully right, the others wrong
+    assert blank["overall"]["reconstruction_balanced_accuracy"] == pytest.approx(1 / present)
+    assert "reconstruction_accuracy" in next(iter(blank["per_class"].values()))
+    assert "real_balanced_accuracy" not in PoolAuditor(_classifier(), classes, image_size=32).audit(pool, real)["overall"]
+
+
+def test_audit_says_what_each_class_is_taken_for(tiny_phantom):
+    real, classes = load_datalist(tiny_phantom, "training")
+    clf = _classifier()
+    with torch.no_grad():  # a classifier that calls everything the third subtype
+        clf.fc.weight.zero_()
+        clf.fc.bias.copy_(torch.tensor([0.0, 0.0, 9.0, 0.0, 0.0, 0.0]))
+    pool = [{**r, "source": "synthetic", "id": f"s{k}"} for k, r in enumerate(real)]
+    rep = PoolAuditor(clf, classes, None, image_size=32).audit(pool, real)
+    for name, row in rep["per_class"].items():
+        assert row["taken_for"] == {classes[2]: 1.0}
+        assert row["fidelity"] == (1.0 if name == classes[2] else 0.0)
+    assert {i["predicted"] for i in rep["images"]} == {classes[2]}

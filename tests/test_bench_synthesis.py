@@ -41,3 +41,5 @@ def test_tiny_phantom_judge_learns_from_an_independent_balanced_phantom(tmp_path
     seen = {open(i["image"], "rb").read() for i in data["training"]}
     assert not any(open(i["image"], "rb").read() in seen for i in everything)  # another seed: no shared image
     assert report["real_test_balanced_accuracy"] is not None and all(v["synthetic"] == 2 for v in report["per_class"].values())
+    assert all(sum(v["taken_for"].values()) == pytest.approx(1.0) for v in report["per_class"].values())
+    assert 0 <= report["macro_real_accuracy"] <= 1  # the judge on real images of the same subtypes, held out from it

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from monai_breastlt.bench.workflow import check_overrides, default_bundles_dir, find_bundles, run_bundle
+from monai_breastlt.bench import workflow
+from monai_breastlt.bench.workflow import check_overrides, default_bundles_dir, find_bundles, run_bundle, train_synthesis
 from monai_breastlt.handlers import mlflow_tracking_settings
 
 CLS = default_bundles_dir() / "breastlt_classification"
@@ -22,3 +23,15 @@ def test_config_typos_are_refused_with_a_suggestion(tmp_path):
 def test_missing_bundles_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="bundle not found; pass --bundles"):
         find_bundles(tmp_path)
+
+
+def test_train_synthesis_resumes_inside_the_unfinished_stage(tmp_path, monkeypatch):
+    """Finished stages are skipped; the unfinished one is asked to continue from its own resume checkpoint."""
+    calls = []
+    monkeypatch.setattr(workflow, "run_bundle", lambda bundle, configs, workflow_type, **kw: calls.append((configs[-1], kw)))
+    (tmp_path / "stages.json").write_text('{"autoencoder": 5.0, "perception": 1.0}')  # killed during the UNet stage
+    epochs = {"autoencoder": 1, "perception": 1, "unet": 3, "controlnet": 2}
+    done = train_synthesis(tmp_path, {"output_dir": str(tmp_path)}, epochs, generate={"num_inference_steps": 2}, log=lambda m: None)
+    assert [c for c, _ in calls] == ["train_diffusion.yaml", "train_diffusion.yaml", "inference.yaml"]
+    assert [kw.get("resume") for _, kw in calls] == [True, True, None]  # generation resumes by its own manifest
+    assert calls[1][1]["use_controlnet"] and calls[0][1]["max_epochs"] == 3 and done["autoencoder"] == 5.0

@@ -96,7 +96,8 @@ def train_synthesis(
     """Phase 1 through the synthesis bundle: autoencoder, perception net, UNet, ControlNet, then the pool.
 
     Finished stages are recorded in ``<output_dir>/stages.json`` (atomically) and skipped when run again, so a
-    killed run resumes at the stage it was in.
+    killed run resumes at the stage it was in, and inside that stage from its newest resume checkpoint (the bundle's
+    ``--resume True``); the seconds recorded for a resumed stage are those of the resumed part only.
 
     Args:
         bundle: the ``breastlt_synthesis`` bundle folder.
@@ -123,7 +124,7 @@ def train_synthesis(
         if name in done:
             log(f"synthesis: {name} already done ({done[name]:.0f} s), skipped")
             continue
-        extra = {**extra, **((stage_overrides or {}).get(name, {})), **({"max_epochs": epochs[name]} if name in epochs else {})}
+        extra = {**extra, **((stage_overrides or {}).get(name, {})), **({"max_epochs": epochs[name], "resume": True} if name in epochs else {})}
         log(f"synthesis bundle: {configs[-1]} ({name}) {extra}")
         start = time.time()
         run_bundle(bundle, configs, workflow_type=kind, **common, **extra)

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from monai.data import PILReader
 from monai.metrics import FIDMetric, MMDMetric
 from monai.transforms import LoadImage
 
@@ -31,13 +32,20 @@ class PoolAuditor:
     """
     Per class, four checks of a synthetic pool against the real training images:
 
-    - **fidelity**: accuracy of a classifier trained on real data on the synthetic images of the class;
+    - **fidelity**: accuracy of a classifier trained on real data on the synthetic images of the class, and what the
+      rest is taken for (``taken_for``: the classifier's predictions over the class's synthetic images, a row of
+      the confusion matrix; look-alike subtypes show up there);
     - **sketch adherence**: Dice between the conditioning sketch and the perception net's sketch of the generated
-      image (both thresholded at ``sketch_threshold``);
+      image (both thresholded at ``sketch_threshold``), next to its chance level: the Dice of the same conditioning
+      sketch against the sketch of another generated image (tissue layers are alike in every image, so this is
+      well above 0);
     - **distance**: MONAI ``FIDMetric`` and ``MMDMetric`` on the classifier's penultimate features (no ImageNet weights
       offline), with a real-vs-real baseline (the real features split in two halves);
     - **memorisation**: distance of each synthetic image to its nearest real training image (pixels, downsampled);
       images closer than ``near_copy_factor`` times the median real-to-real nearest-neighbour distance are flagged.
+
+    With an ``autoencoder``, the classifier's accuracy on the real images and on their autoencoder reconstructions
+    is reported per class too: the fidelity that the first stage of a latent diffusion model leaves attainable.
 
     Args:
         classifier: a network trained on real data (logits); its ``fc`` input is the feature, else the logits.
@@ -46,7 +54,9 @@ class PoolAuditor:
         image_size: the size the classifier expects.
         near_copy_factor: memorisation threshold relative to real-to-real distances.
         sketch_threshold: binarisation threshold of the sketches.
+        batch_size: images per forward pass.
         device: torch device.
+        autoencoder: the LDM's ``AutoencoderKL`` (``None``: no reconstruction check).
     """
 
     def __init__(
@@ -59,15 +69,18 @@ class PoolAuditor:
         sketch_threshold: float = 0.5,
         batch_size: int = 32,
         device: str | torch.device = "cpu",
+        autoencoder: nn.Module | None = None,
     ) -> None:
         self.device = torch.device(device)
+        self.autoencoder = autoencoder.eval().to(self.device) if autoencoder is not None else None
         self.classifier = classifier.eval().to(self.device)
         self.perception = perception.eval().to(self.device) if perception is not None else None
         self.classes = list(classes)
         self.image_size, self.near_copy_factor, self.sketch_threshold = image_size, near_copy_factor, sketch_threshold
         self.batch_size = batch_size
         self.preprocess = ultrasound_preprocessing(image_size, mask_key=None)
-        self.load_sketch = LoadImage(image_only=True, ensure_channel_first=True)
+        # the orientation ultrasound_preprocessing reads images in (and the generator writes sketches in)
+        self.load_sketch = LoadImage(reader=PILReader(reverse_indexing=False), image_only=True, ensure_channel_first=True)
 
     def _images(self, items: Sequence[dict]) -> torch.Tensor:
         return torch.stack([self.preprocess({"image": i["image"]})["image"] for i in items])
@@ -90,6 +103,16 @@ class PoolAuditor:
                 hook.remove()
         return torch.cat(logits), torch.cat(feats)
 
+    @torch.no_grad()
+    def _reconstruct(self, images: torch.Tensor) -> torch.Tensor:
+        assert self.autoencoder is not None
+        out = []
+        for b in range(0, len(images), self.batch_size):
+            x = images[b : b + self.batch_size].to(self.device)
+            z_mu, _ = self.autoencoder.encode(x)  # the posterior mean: a deterministic reconstruction
+            out.append(self.autoencoder.decode(z_mu).clamp(0, 1).cpu())
+        return torch.cat(out)
+
     @staticmethod
     def _distances(feats_a: torch.Tensor, feats_b: torch.Tensor) -> dict:
         if len(feats_a) < 2 or len(feats_b) < 2:
@@ -107,11 +130,13 @@ class PoolAuditor:
             raise ValueError(f"audit needs synthetic and real images (got {len(pool)} and {len(real)}).")
         syn_img, real_img = self._images(pool), self._images(real)
         syn_logits, syn_feat = self._run(syn_img)
-        _, real_feat = self._run(real_img)
+        real_logits, real_feat = self._run(real_img)
         syn_lab = torch.tensor([int(i["label"]) for i in pool])
         real_lab = torch.tensor([int(i["label"]) for i in real])
+        nanmean = lambda v: float(np.nanmean(v.numpy())) if not torch.isnan(v).all() else float("nan")  # noqa: E731
         probs = torch.softmax(syn_logits, 1)
-        correct = probs.argmax(1) == syn_lab
+        pred_lab = probs.argmax(1)
+        correct = pred_lab == syn_lab
         # memorisation: nearest real image in a 32x32 pixel space
         small = lambda x: F.adaptive_avg_pool2d(x, 32).flatten(1)  # noqa: E731
         rs, ss = small(real_img), small(syn_img)
@@ -121,13 +146,21 @@ class PoolAuditor:
         threshold = self.near_copy_factor * float(rr.min(1).values.median())
         near = d_syn < threshold
         adherence = torch.full((len(pool),), float("nan"))
+        chance = torch.full((len(pool),), float("nan"))
         if self.perception is not None:
             has = [k for k, i in enumerate(pool) if i.get("sketch")]
             if has:
                 cond = torch.stack([self.load_sketch(pool[k]["sketch"]) for k in has]).float()
                 cond = F.interpolate(cond / cond.amax().clamp_min(1), size=syn_img.shape[-2:], mode="bilinear")
                 pred = torch.cat([self.perception.predict_sketch(syn_img[k : k + self.batch_size].to(self.device)).cpu() for k in range(0, len(syn_img), self.batch_size)])
-                adherence[has] = _dice((cond > self.sketch_threshold).float(), (pred[has] > self.sketch_threshold).float())
+                cond_bin, pred_bin = (cond > self.sketch_threshold).float(), (pred[has] > self.sketch_threshold).float()
+                adherence[has] = _dice(cond_bin, pred_bin)
+                if len(has) > 1:  # each sketch against another generated image (half the pool away: another source)
+                    chance[has] = _dice(cond_bin, pred_bin.roll(len(has) // 2, 0))
+        real_acc = recon_acc = None
+        if self.autoencoder is not None:
+            real_acc = real_logits.argmax(1) == real_lab
+            recon_acc = self._run(self._reconstruct(real_img))[0].argmax(1) == real_lab
         half = torch.arange(len(real_feat)) % 2 == 0
         report: dict = {
             "classes": self.classes,
@@ -135,14 +168,16 @@ class PoolAuditor:
             "overall": {
                 "n": len(pool),
                 "fidelity": float(correct.float().mean()),
-                "sketch_dice": float(np.nanmean(adherence.numpy())) if not torch.isnan(adherence).all() else float("nan"),
+                "sketch_dice": nanmean(adherence),
+                "sketch_dice_chance": nanmean(chance),
                 "near_copies": int(near.sum()),
                 **self._distances(syn_feat, real_feat),
                 "real_vs_real": self._distances(real_feat[half], real_feat[~half]),
             },
             "per_class": {},
             "images": [
-                {"id": i.get("id", i["image"]), "class_prob": float(probs[k, syn_lab[k]]), "nn_distance": float(d_syn[k]),
+                {"id": i.get("id", i["image"]), "class_prob": float(probs[k, syn_lab[k]]), "predicted": self.classes[int(pred_lab[k])],
+                 "nn_distance": float(d_syn[k]),
                  "near_copy": bool(near[k]), "sketch_dice": float(adherence[k])}
                 for k, i in enumerate(pool)
             ],
@@ -151,14 +186,22 @@ class PoolAuditor:
             sel, rsel = syn_lab == c, real_lab == c
             if not sel.any():
                 continue
-            a = adherence[sel]
             report["per_class"][name] = {
                 "n": int(sel.sum()),
                 "fidelity": float(correct[sel].float().mean()),
-                "sketch_dice": float(np.nanmean(a.numpy())) if not torch.isnan(a).all() else float("nan"),
+                "sketch_dice": nanmean(adherence[sel]),
+                "sketch_dice_chance": nanmean(chance[sel]),
                 "near_copies": int(near[sel].sum()),
+                "taken_for": {n: float((pred_lab[sel] == k).float().mean()) for k, n in enumerate(self.classes) if (pred_lab[sel] == k).any()},
                 **self._distances(syn_feat[sel], real_feat[rsel]),
             }
+            if real_acc is not None and recon_acc is not None and rsel.any():
+                report["per_class"][name]["real_accuracy"] = float(real_acc[rsel].float().mean())
+                report["per_class"][name]["reconstruction_accuracy"] = float(recon_acc[rsel].float().mean())
+        if real_acc is not None and recon_acc is not None:  # balanced over every real class, pooled or not
+            present = [c for c in range(len(self.classes)) if (real_lab == c).any()]
+            for key, acc in (("real_balanced_accuracy", real_acc), ("reconstruction_balanced_accuracy", recon_acc)):
+                report["overall"][key] = float(np.mean([float(acc[real_lab == c].float().mean()) for c in present]))
         if out_dir is not None:
             out = Path(out_dir)
             atomic_write_json(report, out / "audit_report.json")
