@@ -15,6 +15,7 @@ from monai.metrics import FIDMetric, MMDMetric
 from monai.transforms import LoadImage
 
 from monai_breastlt.data.datalist import write_datalist
+from monai_breastlt.metrics import confusion_matrix, report_from_confusion
 from monai_breastlt.networks import SketchPerceptionNet
 from monai_breastlt.transforms import ultrasound_preprocessing
 from monai_breastlt.utils import atomic_write_json
@@ -137,6 +138,7 @@ class PoolAuditor:
         probs = torch.softmax(syn_logits, 1)
         pred_lab = probs.argmax(1)
         correct = pred_lab == syn_lab
+        taken = confusion_matrix(syn_lab.tolist(), pred_lab.tolist(), len(self.classes))  # row c: what class c is taken for
         # memorisation: nearest real image in a 32x32 pixel space
         small = lambda x: F.adaptive_avg_pool2d(x, 32).flatten(1)  # noqa: E731
         rs, ss = small(real_img), small(syn_img)
@@ -157,10 +159,11 @@ class PoolAuditor:
                 adherence[has] = _dice(cond_bin, pred_bin)
                 if len(has) > 1:  # each sketch against another generated image (half the pool away: another source)
                     chance[has] = _dice(cond_bin, pred_bin.roll(len(has) // 2, 0))
-        real_acc = recon_acc = None
+        on_real: dict[str, dict] = {}  # the classifier's long-tail report on the real images and on their reconstructions
         if self.autoencoder is not None:
-            real_acc = real_logits.argmax(1) == real_lab
-            recon_acc = self._run(self._reconstruct(real_img))[0].argmax(1) == real_lab
+            recon_pred = self._run(self._reconstruct(real_img))[0].argmax(1)
+            for key, pred in (("real", real_logits.argmax(1)), ("reconstruction", recon_pred)):
+                on_real[key] = report_from_confusion(confusion_matrix(real_lab.tolist(), pred.tolist(), len(self.classes)))
         half = torch.arange(len(real_feat)) % 2 == 0
         report: dict = {
             "classes": self.classes,
@@ -192,16 +195,14 @@ class PoolAuditor:
                 "sketch_dice": nanmean(adherence[sel]),
                 "sketch_dice_chance": nanmean(chance[sel]),
                 "near_copies": int(near[sel].sum()),
-                "taken_for": {n: float((pred_lab[sel] == k).float().mean()) for k, n in enumerate(self.classes) if (pred_lab[sel] == k).any()},
+                "taken_for": {n: float(taken[c, k] / taken[c].sum()) for k, n in enumerate(self.classes) if taken[c, k]},
                 **self._distances(syn_feat[sel], real_feat[rsel]),
             }
-            if real_acc is not None and recon_acc is not None and rsel.any():
-                report["per_class"][name]["real_accuracy"] = float(real_acc[rsel].float().mean())
-                report["per_class"][name]["reconstruction_accuracy"] = float(recon_acc[rsel].float().mean())
-        if real_acc is not None and recon_acc is not None:  # balanced over every real class, pooled or not
-            present = [c for c in range(len(self.classes)) if (real_lab == c).any()]
-            for key, acc in (("real_balanced_accuracy", real_acc), ("reconstruction_balanced_accuracy", recon_acc)):
-                report["overall"][key] = float(np.mean([float(acc[real_lab == c].float().mean()) for c in present]))
+            for key, rep in on_real.items():
+                if rep["support"][c]:
+                    report["per_class"][name][f"{key}_accuracy"] = rep["recall"][c]
+        for key, rep in on_real.items():  # balanced over every real class, pooled or not
+            report["overall"][f"{key}_balanced_accuracy"] = rep["balanced_accuracy"]
         if out_dir is not None:
             out = Path(out_dir)
             atomic_write_json(report, out / "audit_report.json")
