@@ -38,7 +38,7 @@ def tempered_class_weights(counts: Sequence[int], power: float = 0.5) -> list[fl
     n = np.asarray(counts, dtype=float)
     if n.ndim != 1 or n.size == 0 or np.any(n < 0) or n.sum() <= 0:
         raise ValueError(f"counts must be non-negative per-class counts, not all zero; got {list(counts)}.")
-    w = np.where(n > 0, np.power(n, 1.0 - power, where=n > 0, out=np.zeros_like(n)), 0.0)
+    w = np.power(n, 1.0 - power, where=n > 0, out=np.zeros_like(n))  # masked: 0 ** 0 would give an empty class 1
     return (w / w.sum()).tolist()
 
 
