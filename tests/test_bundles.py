@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
 from mlflow import MlflowClient
 
 from monai_breastlt.bench.workflow import TINY_NETS, default_bundles_dir, run_bundle
@@ -142,3 +143,10 @@ def test_synthesis_stages_resume(tiny_phantom, tmp_path, capsys):
         text = capsys.readouterr().out  # the bundle's logging.conf logs to stdout
         assert f"{prefix}_checkpoint_epoch=1.pt" in text and "Epoch[1] Complete" not in text and "Epoch[2] Complete" in text, prefix
         assert (tmp_path / f"syn/models/{prefix}_checkpoint_epoch=2.pt").is_file()
+        if prefix != "perception":  # ldm.pt holds the moving average the resume checkpoint carries, not the last weights
+            ckpt = torch.load(tmp_path / f"syn/models/{prefix}_checkpoint_epoch=2.pt", map_location="cpu", weights_only=True)
+            final = torch.load(tmp_path / "syn/models/ldm.pt", map_location="cpu", weights_only=True)
+            shadow = ckpt["ema"]["shadow"]
+            assert shadow and all(k.startswith(f"{prefix}.") for k in shadow), prefix  # only what the stage trains
+            assert all(torch.equal(final[k], v) for k, v in shadow.items())
+            assert any(not torch.equal(ckpt["ldm"][k], v) for k, v in shadow.items())
