@@ -15,7 +15,8 @@ def _net() -> nn.Module:
     return net
 
 
-def _trainer(net: nn.Module) -> Engine:
+def _step(net: nn.Module):
+    """An ignite process function; it keeps its own optimizer and data generator, so two engines can share it."""
     opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.5)
     gen = torch.Generator().manual_seed(1)
 
@@ -27,7 +28,11 @@ def _trainer(net: nn.Module) -> Engine:
         opt.step()
         return loss.item()
 
-    return Engine(step)
+    return step
+
+
+def _trainer(net: nn.Module) -> Engine:
+    return Engine(_step(net))
 
 
 def test_average_follows_the_formula_and_replaces_the_weights_at_completion():
@@ -67,14 +72,14 @@ def test_resumed_average_equals_the_uninterrupted_one():
 
     net_b = _net()
     ema_b = ExponentialMovingAverage(net_b, decay=0.8, apply_on_completion=False)
-    tr_b = _trainer(net_b)
+    step_b = _step(net_b)
+    tr_b = Engine(step_b)
     ema_b.attach(tr_b)
     tr_b.run(range(3), max_epochs=1)
     state = ema_b.state_dict()
-    gen_state = tr_b._process_function  # the same process function keeps its data generator and optimizer
     resumed = ExponentialMovingAverage(net_b, decay=0.8)
     resumed.load_state_dict(state)
-    tr_c = Engine(gen_state)
+    tr_c = Engine(step_b)  # the resumed run continues the same data stream and optimizer
     resumed.attach(tr_c)
     tr_c.run(range(3), max_epochs=1)
     assert resumed.num_updates == 6
