@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 
+import monai_breastlt.bench.synthesis as bench_synthesis
 from monai_breastlt.bench.synthesis import benchmark_synthesis, format_synthesis_report
 from monai_breastlt.data import generate_phantom
 from monai_breastlt.data.datalist import load_datalist_file
@@ -31,8 +32,13 @@ def test_tiny_phase1_on_a_given_data_source_then_resume(tmp_path):
     assert again["total_s"] == pytest.approx(report["total_s"], abs=60) and again["wall_s"] < report["total_s"]
 
 
-def test_tiny_phantom_judge_learns_from_an_independent_balanced_phantom(tmp_path):
+def test_tiny_phantom_judge_learns_from_an_independent_balanced_phantom(tmp_path, monkeypatch):
+    calls = []
+    real_run = bench_synthesis.run_bundle
+    monkeypatch.setattr(bench_synthesis, "run_bundle", lambda b, c, *a, **kw: calls.append((b.name, c, kw)) or real_run(b, c, *a, **kw))
     report = benchmark_synthesis(tmp_path, "tiny", target_mode="each", target_n=2, log=lambda m: None)
+    judge_train = [kw for b, c, kw in calls if b == "breastlt_classification" and c == ["train.yaml"]]
+    assert [kw["smooth_prob"] for kw in judge_train] == [report["settings"]["judge_smooth_prob"]]  # the blur-trained judge
     judge = load_datalist_file(tmp_path / "judge_data" / "datalist.json")
     data = load_datalist_file(tmp_path / "data" / "datalist.json")
     everything = judge["training"] + judge["validation"] + judge["test"]

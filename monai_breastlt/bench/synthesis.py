@@ -114,7 +114,7 @@ def benchmark_synthesis(
             generate_phantom(judge_data, image_size=cfg["image_size"], seed=seed + 1000, counts=[cfg["judge_count"]] * n_classes)
     shared = {"dataset_dir": str(judge_data), "output_dir": str(judge), "image_size": cfg["image_size"], "seed": seed,
               "pool": str(judge_data / "no_pool.json"), "policy_name": "none", "sampler_target": "balanced",
-              "epoch_size": cfg["epoch_size"]}
+              "epoch_size": cfg["epoch_size"], "smooth_prob": cfg["judge_smooth_prob"]}
     if not (judge / "test_report.json").is_file():
         log("classification bundle: real-data classifier for the audit")
         t = time.time()
