@@ -34,11 +34,11 @@ TINY_LDM = dict(
 )
 
 
-def tiny_ldm(num_classes: int = 6, seed: int = 0):
+def tiny_ldm(num_classes: int = 6, seed: int = 0, **kwargs):
     from monai_breastlt.networks import SketchConditionedLDM
 
     torch.manual_seed(seed)
-    model = SketchConditionedLDM(num_classes, **TINY_LDM)
+    model = SketchConditionedLDM(num_classes, **{**TINY_LDM, **kwargs})
     # MONAI zero-initialises the UNet output and ControlNet residual convolutions; randomise them so an
     # untrained model's output depends on its class and sketch inputs
     for p in list(model.unet.parameters()) + list(model.controlnet.parameters()):

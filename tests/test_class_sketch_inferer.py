@@ -65,3 +65,55 @@ def test_drop_class_labels():
     dropped = drop_class_labels(labels, 0.3, 9, torch.Generator().manual_seed(0))
     assert 250 < int((dropped == 9).sum()) < 350 and set(dropped.unique().tolist()) == {0, 9}
     assert torch.equal(drop_class_labels(labels, 0.0, 9), labels)
+
+
+class _Oracle(torch.nn.Module):
+    """Predicts exactly what the inferer trains towards for known clean latents ``x0``."""
+
+    def __init__(self, inferer, x0):
+        super().__init__()
+        self.inferer, self.x0 = inferer, x0
+
+    def forward(self, x, timesteps, class_labels=None, **kwargs):
+        a = self.inferer.scheduler.alphas_cumprod[timesteps].view(-1, 1, 1, 1)
+        noise = (x - a.sqrt() * self.x0) / (1 - a).sqrt()
+        return self.inferer.target(self.x0, noise, timesteps)
+
+
+class _IdentityDecoder(torch.nn.Module):
+    def decode_stage_2_outputs(self, z):
+        return z
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction", "sample"])
+def test_training_target_is_what_sampling_reads(kind):
+    # a network that outputs the training target exactly must lead DDIM back to the clean latents: the target and the
+    # scheduler's reading of the output agree for every prediction type
+    inferer = ClassSketchLatentDiffusionInferer(DDIMScheduler(1000, schedule="scaled_linear_beta", beta_start=0.0015, beta_end=0.0195, clip_sample=False, prediction_type=kind))
+    x0 = torch.randn(2, 2, 8, 8, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(2, 2, 8, 8, generator=torch.Generator().manual_seed(1))
+    out = inferer.sample(noise, _IdentityDecoder(), _Oracle(inferer, x0), torch.tensor([0, 1]), num_inference_steps=10)
+    assert torch.allclose(out, x0, atol=1e-3)
+
+
+def test_target_per_prediction_type():
+    x0, noise, t = torch.randn(3, 2, 4, 4), torch.randn(3, 2, 4, 4), torch.tensor([0, 500, 999])
+    eps = ClassSketchLatentDiffusionInferer(DDPMScheduler(1000))
+    assert torch.equal(eps.target(x0, noise, t), noise)
+    v = ClassSketchLatentDiffusionInferer(DDPMScheduler(1000, prediction_type="v_prediction"))
+    a = v.scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+    assert torch.allclose(v.target(x0, noise, t), a.sqrt() * noise - (1 - a).sqrt() * x0)
+    assert torch.equal(ClassSketchLatentDiffusionInferer(DDPMScheduler(1000, prediction_type="sample")).target(x0, noise, t), x0)
+    eps.scheduler.prediction_type = "score"
+    with pytest.raises(ValueError, match="prediction_type must be"):
+        eps.target(x0, noise, t)
+
+
+def test_call_is_encode_then_denoise(setup):
+    model, inferer, _, sketch = setup
+    x, noise, t, y = torch.rand(2, 1, 32, 32), torch.randn(2, 2, 16, 16), torch.tensor([3, 70]), torch.tensor([0, 3])
+    torch.manual_seed(7)  # the encoder draws a posterior sample
+    a = inferer(x, model.autoencoder, model.unet, noise, t, y, model.controlnet, sketch)
+    torch.manual_seed(7)
+    b = inferer.denoise(inferer.encode(x, model.autoencoder), model.unet, noise, t, y, model.controlnet, sketch)
+    assert torch.equal(a, b)

@@ -15,7 +15,7 @@ from monai.transforms import Compose
 
 from monai_breastlt.data import load_datalist
 from monai_breastlt.inferers import ClassSketchLatentDiffusionInferer
-from monai_breastlt.losses import SketchPerceptionLoss
+from monai_breastlt.losses import SketchPerceptionLoss, min_snr_weights, weighted_diffusion_loss
 from monai_breastlt.networks import SketchPerceptionNet
 from monai_breastlt.synthesis import AutoencoderTrainer, LatentDiffusionTrainer, PrepareBatchKeys, compute_scale_factor
 from monai_breastlt.transforms import ExtractSketchd, SketchTargetd, ultrasound_preprocessing
@@ -68,3 +68,22 @@ def test_perception_trains_with_plain_supervised_trainer(tiny_phantom):
 def test_sketch_target_without_mask():
     d = SketchTargetd()({"image": torch.rand(1, 32, 32)})
     assert d["sketch_target"].shape == (3, 32, 32) and d["sketch_target"][1:].abs().sum() == 0
+
+
+def test_diffusion_trainer_regresses_the_schedulers_target_with_min_snr(tiny_phantom):
+    # v-prediction: the loss compares the UNet output with the velocity of the latents it encoded, weighted by Min-SNR
+    model = tiny_ldm(6, noise_schedule={"num_train_timesteps": 100, "schedule": "linear_beta", "prediction_type": "v_prediction"})
+    inferer = ClassSketchLatentDiffusionInferer(model.make_scheduler("ddpm"), null_class=model.null_class)
+    seen = []
+    real_target = inferer.target
+    inferer.target = lambda latents, noise, t: seen.append((latents, noise, t)) or real_target(latents, noise, t)
+    trainer = LatentDiffusionTrainer("cpu", 1, _loader(tiny_phantom), model, torch.optim.Adam(model.unet.parameters(), 1e-3), inferer, snr_gamma=5.0)
+    trainer.run()
+    latents, noise, t = seen[-1]
+    label, pred = (torch.stack(from_engine([k])(trainer.state.output)) for k in ("label", "pred"))  # decollated
+    velocity = inferer.scheduler.get_velocity(latents, noise, t)
+    assert torch.allclose(label, velocity) and not torch.allclose(label, noise)
+    expected = weighted_diffusion_loss(pred, velocity, min_snr_weights(inferer.scheduler, t, 5.0))
+    assert float(from_engine(["loss"], first=True)(trainer.state.output)) == pytest.approx(float(expected), rel=1e-5)
+    with pytest.raises(ValueError, match="snr_gamma must be > 0"):
+        LatentDiffusionTrainer("cpu", 1, _loader(tiny_phantom), model, torch.optim.Adam(model.unet.parameters()), inferer, snr_gamma=0)

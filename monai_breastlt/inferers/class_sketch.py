@@ -71,6 +71,42 @@ class ClassSketchLatentDiffusionInferer(Inferer):
             latents, timesteps, class_labels=class_labels, down_block_additional_residuals=down, mid_block_additional_residual=mid
         )
 
+    def encode(self, inputs: torch.Tensor, autoencoder_model: nn.Module) -> torch.Tensor:
+        """Scaled latents of images: one posterior sample, as MONAI's latent inferers draw (encode once per step, since
+        a second call draws other latents)."""
+        with torch.no_grad():
+            return autoencoder_model.encode_stage_2_inputs(inputs) * self.scale_factor
+
+    def denoise(
+        self,
+        latents: torch.Tensor,
+        diffusion_model: nn.Module,
+        noise: torch.Tensor,
+        timesteps: torch.Tensor,
+        class_labels: torch.Tensor,
+        controlnet: nn.Module | None = None,
+        cn_cond: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Training pass on latents: noise them at ``timesteps`` and return the model output (compare it with
+        :meth:`target`)."""
+        if noise.shape != latents.shape:
+            raise ValueError(f"noise shape {tuple(noise.shape)} must equal the latent shape {tuple(latents.shape)}.")
+        noisy = self.scheduler.add_noise(original_samples=latents, noise=noise, timesteps=timesteps)
+        return self._predict(noisy, timesteps, diffusion_model, class_labels, controlnet, cn_cond, self.conditioning_scale)
+
+    def target(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """What the model output regresses to under the scheduler's ``prediction_type``: the noise (``epsilon``), the
+        velocity ``sqrt(a) * noise - sqrt(1 - a) * latents`` (``v_prediction``) or the clean latents (``sample``).
+        Sampling reads the output the same way, so training and sampling always agree."""
+        kind = getattr(self.scheduler, "prediction_type", "epsilon")
+        if kind == "epsilon":
+            return noise
+        if kind == "v_prediction":
+            return self.scheduler.get_velocity(latents, noise, timesteps)
+        if kind == "sample":
+            return latents
+        raise ValueError(f"scheduler prediction_type must be 'epsilon', 'v_prediction' or 'sample', got '{kind}'.")
+
     def __call__(  # type: ignore[override]
         self,
         inputs: torch.Tensor,
@@ -83,24 +119,22 @@ class ClassSketchLatentDiffusionInferer(Inferer):
         cn_cond: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """
-        Training pass: encode ``inputs``, noise the latents at ``timesteps`` and predict the noise.
+        Training pass: encode ``inputs``, noise the latents at ``timesteps`` and return the model output, which
+        regresses to the noise for an ``epsilon`` scheduler (other prediction types: :meth:`encode`, :meth:`denoise`
+        and :meth:`target`).
 
         Args:
             inputs: images ``(B, C, H, W)``.
             autoencoder_model: the (frozen) ``AutoencoderKL``.
             diffusion_model: the class-conditional ``DiffusionModelUNet``.
-            noise: latent-shaped noise, the regression target.
+            noise: latent-shaped noise.
             timesteps: ``(B,)`` integer timesteps.
             class_labels: ``(B,)`` labels (the null class where dropped).
             controlnet: the ``ControlNet`` (``None``: class conditioning only).
             cn_cond: sketches ``(B, S, H, W)`` at image resolution.
         """
-        with torch.no_grad():
-            latents = autoencoder_model.encode_stage_2_inputs(inputs) * self.scale_factor
-        if noise.shape != latents.shape:
-            raise ValueError(f"noise shape {tuple(noise.shape)} must equal the latent shape {tuple(latents.shape)}.")
-        noisy = self.scheduler.add_noise(original_samples=latents, noise=noise, timesteps=timesteps)
-        return self._predict(noisy, timesteps, diffusion_model, class_labels, controlnet, cn_cond, self.conditioning_scale)
+        latents = self.encode(inputs, autoencoder_model)
+        return self.denoise(latents, diffusion_model, noise, timesteps, class_labels, controlnet, cn_cond)
 
     @torch.no_grad()
     def sample(  # type: ignore[override]

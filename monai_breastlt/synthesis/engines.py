@@ -14,6 +14,7 @@ from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys
 
 from monai_breastlt.inferers import ClassSketchLatentDiffusionInferer, drop_class_labels
+from monai_breastlt.losses.diffusion import min_snr_weights, weighted_diffusion_loss
 from monai_breastlt.networks import SketchConditionedLDM
 
 __all__ = ["PrepareBatchKeys", "AutoencoderTrainer", "LatentDiffusionTrainer", "compute_scale_factor", "kl_loss"]
@@ -127,6 +128,10 @@ class LatentDiffusionTrainer(SupervisedTrainer):
     (``use_controlnet=True``; the UNet frozen unless ``train_unet``), with labels dropped to the null class with
     probability ``class_dropout`` (classifier-free guidance). The autoencoder stays frozen.
 
+    The network regresses to what the inferer's scheduler predicts (``prediction_type``: the noise, the velocity or
+    the clean latents; set it in ``SketchConditionedLDM(noise_schedule=...)`` so sampling reads the output the same
+    way), optionally with Min-SNR-gamma weighting of the noise levels.
+
     Args:
         device, max_epochs, train_data_loader, optimizer: as ``SupervisedTrainer``; the optimizer must hold the
             parameters of the parts being trained (see :meth:`trainable_parameters`).
@@ -135,6 +140,8 @@ class LatentDiffusionTrainer(SupervisedTrainer):
         use_controlnet: train the ControlNet stage.
         train_unet: in the ControlNet stage, fine-tune the UNet jointly.
         class_dropout: probability of replacing a label by the null class.
+        snr_gamma: Min-SNR-gamma loss weighting (:func:`~monai_breastlt.losses.diffusion.min_snr_weights`; the paper
+            uses 5); ``None``: every noise level weighted alike.
         seed: seed of the noise, timesteps and label dropout generator.
         scale_factor_batches: at start (after checkpoint loaders ran), set the latent scale factor from this many
             batches (0: keep the model's).
@@ -154,6 +161,7 @@ class LatentDiffusionTrainer(SupervisedTrainer):
         use_controlnet: bool = False,
         train_unet: bool = True,
         class_dropout: float = 0.1,
+        snr_gamma: float | None = None,
         seed: int = 0,
         scale_factor_batches: int = 0,
         init_controlnet: bool = False,
@@ -162,7 +170,10 @@ class LatentDiffusionTrainer(SupervisedTrainer):
         sketch_key: str = "sketch",
         **kwargs,
     ) -> None:
-        super().__init__(device, max_epochs, train_data_loader, network, optimizer, loss_function=nn.MSELoss(), inferer=inferer, **kwargs)
+        super().__init__(device, max_epochs, train_data_loader, network, optimizer, loss_function=weighted_diffusion_loss, inferer=inferer, **kwargs)
+        if snr_gamma is not None and snr_gamma <= 0:
+            raise ValueError(f"snr_gamma must be > 0 or None, got {snr_gamma}.")
+        self.snr_gamma = snr_gamma
         self.scale_factor_batches, self.init_controlnet = scale_factor_batches, init_controlnet
         # registered after the train handlers, so a CheckpointLoader has restored the previous stage first
         self.add_event_handler(Events.STARTED, self._prepare_stage)
@@ -205,10 +216,13 @@ class LatentDiffusionTrainer(SupervisedTrainer):
         timesteps = torch.randint(0, steps, (images.shape[0],), generator=self.generator).to(device)
         labels = drop_class_labels(labels, self.class_dropout, net.null_class, self.generator)
         self.optimizer.zero_grad(set_to_none=True)
-        pred = self.inferer(images, net.autoencoder, net.unet, noise, timesteps, labels, net.controlnet if self.use_controlnet else None, sketch)
-        loss = self.loss_function(pred.float(), noise.float())
+        latents = self.inferer.encode(images, net.autoencoder)
+        pred = self.inferer.denoise(latents, net.unet, noise, timesteps, labels, net.controlnet if self.use_controlnet else None, sketch)
+        target = self.inferer.target(latents, noise, timesteps)
+        weights = None if self.snr_gamma is None else min_snr_weights(self.inferer.scheduler, timesteps, self.snr_gamma)
+        loss = self.loss_function(pred, target, weights)
         loss.backward()
         self.optimizer.step()
-        engine.state.output = {CommonKeys.IMAGE: images, CommonKeys.PRED: pred.detach(), CommonKeys.LABEL: noise, CommonKeys.LOSS: loss.detach()}
+        engine.state.output = {CommonKeys.IMAGE: images, CommonKeys.PRED: pred.detach(), CommonKeys.LABEL: target, CommonKeys.LOSS: loss.detach()}
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output
