@@ -5,6 +5,7 @@ import torch
 from conftest import TINY_LDM, tiny_ldm
 
 from monai_breastlt.networks import SketchConditionedLDM, SketchPerceptionNet, matched_conditioning_channels
+from monai_breastlt.networks.ldm import DEFAULT_NOISE_SCHEDULE
 from monai_breastlt.utils import atomic_torch_save, torch_load_safe
 
 
@@ -57,3 +58,16 @@ def test_noise_schedule_travels_with_the_model():
     assert ddpm.num_train_timesteps == 50 and torch.allclose(ddpm.betas, ddim.betas) and len(ddim.timesteps) == 5
     default = tiny_ldm(2).make_scheduler()
     assert default.betas[0] == pytest.approx(0.0015) and default.betas[-1] == pytest.approx(0.0195, rel=1e-3)
+
+
+def test_prediction_type_travels_and_old_checkpoints_load():
+    v = SketchConditionedLDM(2, **{**TINY_LDM, "noise_schedule": {"num_train_timesteps": 50, "schedule": "linear_beta", "prediction_type": "v_prediction"}})
+    again = SketchConditionedLDM.from_state_dict(v.state_dict())
+    assert again.make_scheduler("ddim", 5).prediction_type == "v_prediction" == again.make_scheduler("ddpm").prediction_type
+    assert tiny_ldm(2).make_scheduler().prediction_type == "epsilon"
+    old = tiny_ldm(2).state_dict()  # saved before the schedule recorded what the UNet predicts: it predicted the noise
+    del old["_extra_state"]["config"]["noise_schedule"]["prediction_type"]
+    assert SketchConditionedLDM.from_state_dict(old).make_scheduler().prediction_type == "epsilon"
+    tiny_ldm(2).load_state_dict(old)
+    with pytest.raises(ValueError, match="differs from this model"):  # an epsilon checkpoint is not a v-prediction model
+        SketchConditionedLDM(2, **{**TINY_LDM, "noise_schedule": {**DEFAULT_NOISE_SCHEDULE, "prediction_type": "v_prediction"}}).load_state_dict(tiny_ldm(2).state_dict())

@@ -12,8 +12,15 @@ from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, Scheduler
 
 __all__ = ["SketchConditionedLDM", "matched_conditioning_channels", "DEFAULT_NOISE_SCHEDULE"]
 
-# the latent-diffusion schedule of MONAI's 2D LDM tutorials
-DEFAULT_NOISE_SCHEDULE = {"num_train_timesteps": 1000, "schedule": "scaled_linear_beta", "beta_start": 0.0015, "beta_end": 0.0195}
+# the latent-diffusion schedule of MONAI's 2D LDM tutorials; the UNet predicts the noise
+DEFAULT_NOISE_SCHEDULE = {
+    "num_train_timesteps": 1000, "schedule": "scaled_linear_beta", "beta_start": 0.0015, "beta_end": 0.0195, "prediction_type": "epsilon"
+}
+
+
+def _with_prediction_type(noise_schedule: dict) -> dict:
+    """A schedule saved without ``prediction_type`` (checkpoints from before it was recorded) predicted the noise."""
+    return {"prediction_type": "epsilon", **noise_schedule}
 
 
 def matched_conditioning_channels(latent_downsample: int, base: int = 16) -> tuple[int, ...]:
@@ -50,7 +57,8 @@ class SketchConditionedLDM(nn.Module):
         norm_num_groups: group-norm groups of every network.
         conditioning_channels: ControlNet sketch-embedding channels (default: matched to the autoencoder).
         sketch_channels: sketch channels (1, or 3 for ``ExtractSketch(as_channels=True)``).
-        noise_schedule: the diffusion noise schedule (``num_train_timesteps``, ``schedule`` and its arguments); kept
+        noise_schedule: the diffusion noise schedule (``num_train_timesteps``, ``schedule`` and its arguments, and
+            ``prediction_type``: what the UNet predicts, ``epsilon``, ``v_prediction`` or ``sample``); kept
             with the weights so training and sampling always use the same one (see :meth:`make_scheduler`).
     """
 
@@ -72,7 +80,7 @@ class SketchConditionedLDM(nn.Module):
         noise_schedule: dict | None = None,
     ) -> None:
         super().__init__()
-        self.noise_schedule = dict(noise_schedule if noise_schedule is not None else DEFAULT_NOISE_SCHEDULE)
+        self.noise_schedule = _with_prediction_type(noise_schedule if noise_schedule is not None else DEFAULT_NOISE_SCHEDULE)
         self.config = {
             "num_classes": num_classes, "spatial_dims": spatial_dims, "in_channels": in_channels,
             "latent_channels": latent_channels, "ae_channels": list(ae_channels), "ae_res_blocks": ae_res_blocks,
@@ -116,7 +124,10 @@ class SketchConditionedLDM(nn.Module):
         return {"config": self.config}
 
     def set_extra_state(self, state: dict) -> None:
-        if state and state.get("config") not in (None, self.config):
+        config = state.get("config") if state else None
+        if config is not None and "noise_schedule" in config:
+            config = {**config, "noise_schedule": _with_prediction_type(config["noise_schedule"])}
+        if config not in (None, self.config):
             raise ValueError(f"checkpoint architecture {state['config']} differs from this model's {self.config}.")
 
     @classmethod
