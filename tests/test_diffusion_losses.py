@@ -52,3 +52,12 @@ def test_weighted_diffusion_loss():
         weighted_diffusion_loss(pred, target, torch.ones(3))
     with pytest.raises(ValueError, match="must equal target shape"):
         weighted_diffusion_loss(pred, target[:1])
+
+
+def test_min_snr_weights_at_pure_noise():
+    sched = DDPMScheduler(10)
+    sched.alphas_cumprod = torch.tensor([0.99, 0.5, 0.0] + [0.5] * 7)  # a schedule that reaches SNR 0
+    t = torch.tensor([0, 1, 2])
+    assert torch.allclose(min_snr_weights(sched, t, 5.0), torch.tensor([5.0 / 99.0, 1.0, 1.0]))  # limit at SNR 0: 1
+    sched.prediction_type = "v_prediction"
+    assert torch.allclose(min_snr_weights(sched, t, 5.0), torch.tensor([5.0 / 100.0, 0.5, 0.0]))

@@ -32,8 +32,8 @@ def min_snr_weights(scheduler: Scheduler, timesteps: torch.Tensor, gamma: float)
     snr = alpha / (1 - alpha).clamp_min(1e-12)
     clipped = snr.clamp(max=gamma)
     kind = getattr(scheduler, "prediction_type", "epsilon")
-    if kind == "epsilon":
-        weights = clipped / snr
+    if kind == "epsilon":  # min(SNR, gamma) / SNR, written so that SNR = 0 (pure noise) gives its limit, 1
+        weights = torch.where(snr > gamma, gamma / snr.clamp_min(gamma), torch.ones_like(snr))
     elif kind == "v_prediction":
         weights = clipped / (snr + 1)
     elif kind == "sample":

@@ -140,13 +140,13 @@ class LatentDiffusionTrainer(SupervisedTrainer):
         use_controlnet: train the ControlNet stage.
         train_unet: in the ControlNet stage, fine-tune the UNet jointly.
         class_dropout: probability of replacing a label by the null class.
-        snr_gamma: Min-SNR-gamma loss weighting (:func:`~monai_breastlt.losses.diffusion.min_snr_weights`; the paper
-            uses 5); ``None``: every noise level weighted alike.
         seed: seed of the noise, timesteps and label dropout generator.
         scale_factor_batches: at start (after checkpoint loaders ran), set the latent scale factor from this many
             batches (0: keep the model's).
         init_controlnet: at start, copy the UNet's weights into the ControlNet (first ControlNet run only).
         image_key, label_key, sketch_key: batch keys.
+        snr_gamma: Min-SNR-gamma loss weighting (:func:`~monai_breastlt.losses.diffusion.min_snr_weights`; the paper
+            uses 5); ``None``: every noise level weighted alike.
         kwargs: passed to ``SupervisedTrainer``.
     """
 
@@ -161,13 +161,13 @@ class LatentDiffusionTrainer(SupervisedTrainer):
         use_controlnet: bool = False,
         train_unet: bool = True,
         class_dropout: float = 0.1,
-        snr_gamma: float | None = None,
         seed: int = 0,
         scale_factor_batches: int = 0,
         init_controlnet: bool = False,
         image_key: str = "image",
         label_key: str = "label",
         sketch_key: str = "sketch",
+        snr_gamma: float | None = None,
         **kwargs,
     ) -> None:
         super().__init__(device, max_epochs, train_data_loader, network, optimizer, loss_function=weighted_diffusion_loss, inferer=inferer, **kwargs)
