@@ -8,6 +8,8 @@ from monai.inferers import Inferer
 from monai.networks.schedulers import Scheduler
 from monai.utils import optional_import
 
+from monai_breastlt.networks.ldm import prediction_type
+
 tqdm, has_tqdm = optional_import("tqdm", name="tqdm")
 
 __all__ = ["ClassSketchLatentDiffusionInferer", "drop_class_labels"]
@@ -98,14 +100,10 @@ class ClassSketchLatentDiffusionInferer(Inferer):
         """What the model output regresses to under the scheduler's ``prediction_type``: the noise (``epsilon``), the
         velocity ``sqrt(a) * noise - sqrt(1 - a) * latents`` (``v_prediction``) or the clean latents (``sample``).
         Sampling reads the output the same way, so training and sampling always agree."""
-        kind = getattr(self.scheduler, "prediction_type", "epsilon")
-        if kind == "epsilon":
-            return noise
+        kind = prediction_type(self.scheduler)
         if kind == "v_prediction":
             return self.scheduler.get_velocity(latents, noise, timesteps)
-        if kind == "sample":
-            return latents
-        raise ValueError(f"scheduler prediction_type must be 'epsilon', 'v_prediction' or 'sample', got '{kind}'.")
+        return latents if kind == "sample" else noise
 
     def __call__(  # type: ignore[override]
         self,

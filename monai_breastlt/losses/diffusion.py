@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from monai.networks.schedulers import Scheduler
 
+from monai_breastlt.networks.ldm import prediction_type
+
 __all__ = ["min_snr_weights", "weighted_diffusion_loss"]
 
 
@@ -31,15 +33,13 @@ def min_snr_weights(scheduler: Scheduler, timesteps: torch.Tensor, gamma: float)
     alpha = scheduler.alphas_cumprod.to(timesteps.device)[timesteps.long()].double()
     snr = alpha / (1 - alpha).clamp_min(1e-12)
     clipped = snr.clamp(max=gamma)
-    kind = getattr(scheduler, "prediction_type", "epsilon")
+    kind = prediction_type(scheduler)
     if kind == "epsilon":  # min(SNR, gamma) / SNR, written so that SNR = 0 (pure noise) gives its limit, 1
         weights = torch.where(snr > gamma, gamma / snr.clamp_min(gamma), torch.ones_like(snr))
     elif kind == "v_prediction":
         weights = clipped / (snr + 1)
-    elif kind == "sample":
-        weights = clipped
     else:
-        raise ValueError(f"scheduler prediction_type must be 'epsilon', 'v_prediction' or 'sample', got '{kind}'.")
+        weights = clipped
     return weights.float()
 
 

@@ -10,7 +10,7 @@ import torch.nn as nn
 from monai.networks.nets import AutoencoderKL, ControlNet, DiffusionModelUNet
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, Scheduler
 
-__all__ = ["SketchConditionedLDM", "matched_conditioning_channels", "DEFAULT_NOISE_SCHEDULE"]
+__all__ = ["SketchConditionedLDM", "matched_conditioning_channels", "prediction_type", "DEFAULT_NOISE_SCHEDULE"]
 
 # the latent-diffusion schedule of MONAI's 2D LDM tutorials; the UNet predicts the noise
 DEFAULT_NOISE_SCHEDULE = {
@@ -21,6 +21,19 @@ DEFAULT_NOISE_SCHEDULE = {
 def _with_prediction_type(noise_schedule: dict) -> dict:
     """A schedule saved without ``prediction_type`` (checkpoints from before it was recorded) predicted the noise."""
     return {"prediction_type": "epsilon", **noise_schedule}
+
+
+def prediction_type(scheduler: Scheduler) -> str:
+    """What a network trained with ``scheduler`` predicts: ``epsilon`` (the noise; also for a scheduler that does not
+    say), ``v_prediction`` (the velocity) or ``sample`` (the clean input).
+
+    Raises:
+        ValueError: for any other value.
+    """
+    kind = getattr(scheduler, "prediction_type", "epsilon")
+    if kind not in ("epsilon", "v_prediction", "sample"):
+        raise ValueError(f"scheduler prediction_type must be 'epsilon', 'v_prediction' or 'sample', got '{kind}'.")
+    return kind
 
 
 def matched_conditioning_channels(latent_downsample: int, base: int = 16) -> tuple[int, ...]:
