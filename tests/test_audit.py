@@ -97,3 +97,14 @@ def test_audit_says_what_each_class_is_taken_for(tiny_phantom):
         assert row["taken_for"] == {classes[2]: 1.0}
         assert row["fidelity"] == (1.0 if name == classes[2] else 0.0)
     assert {i["predicted"] for i in rep["images"]} == {classes[2]}
+
+
+def test_audit_reads_synthetic_images_as_written(tiny_phantom, tmp_path):
+    """A pool entry marked ``prescaled`` (as ``generate`` writes) is judged in its own intensity range, not stretched."""
+    real, classes = load_datalist(tiny_phantom, "training")
+    p = tmp_path / "syn.png"
+    Image.fromarray(np.linspace(60, 180, 32 * 32).reshape(32, 32).astype(np.uint8)).save(p)
+    auditor = PoolAuditor(_classifier(), classes, None, image_size=32)
+    marked, unmarked = auditor._images([{"image": str(p), "prescaled": True}, {"image": str(p)}])
+    assert abs(marked.min().item() - 60 / 255) < 1e-3 and abs(marked.max().item() - 180 / 255) < 1e-3
+    assert unmarked.min() == 0 and unmarked.max() == 1

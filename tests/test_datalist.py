@@ -76,6 +76,7 @@ def test_datalist_roundtrip_relative_paths(tmp_path):
         ({"classes": ["a", "b"], "training": [{"image": "x.png", "label": 0, "class_name": "b"}]}, "disagrees with label 0"),
         ({"classes": ["a"], "training": [{"image": "x.png", "label": 0}, {"image": "x.png", "label": 0}]}, "duplicate entry"),
         ({"classes": ["a"], "training": [{"image": "x.png", "label": 0, "source": "fake"}]}, "source 'fake'"),
+        ({"classes": ["a"], "training": [{"image": "x.png", "label": 0, "prescaled": "yes"}]}, "prescaled 'yes' is not true or false"),
     ],
 )
 def test_bad_datalists_are_named(tmp_path, doc, message):
@@ -146,3 +147,9 @@ def test_classes_without_real_training_images_are_reported(tmp_path, caplog):
     assert data["real_counts"] == [1, 0, 0]
     assert "class 'mastitis' has no real image in section 'training'; it is learnt from its 1 synthetic images only" in caplog.text
     assert "class 'phyllodes' has no real image in section 'training'; no real or synthetic image" in caplog.text
+    assert "1 of 1 synthetic entries have no 'prescaled' field" in caplog.text  # an old pool: read as a real scan
+    caplog.clear()
+    write_datalist(tmp_path / "pool.json", {"training": [{"image": str(img), "label": 1, "prescaled": True}]}, ["cyst", "mastitis", "phyllodes"])
+    with caplog.at_level("WARNING"):
+        load_training_data(tmp_path / "d.json", tmp_path / "pool.json")
+    assert "prescaled" not in caplog.text

@@ -60,6 +60,7 @@ def test_generate_kill_and_resume_gives_the_same_pool(tiny_phantom, tmp_path, mo
     ref_items = {i["id"]: i for i in load_datalist(ref)[0]}
     for i in items:
         assert i["source"] == "synthetic" and i["sketch_from"] and Image.open(i["image"]).size == (32, 32)
+        assert i["prescaled"] is True  # loaders scale it by the stored range, not its own min and max
         a, b = np.asarray(Image.open(i["image"]), int), np.asarray(Image.open(ref_items[i["id"]]["image"]), int)
         assert np.abs(a - b).max() <= 1  # same image as the uninterrupted run (batching may round differently)
     mixed, _ = load_mixed_datalist(tiny_phantom, manifest)

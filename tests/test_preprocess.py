@@ -9,7 +9,13 @@ import pytest
 import torch
 from PIL import Image
 
-from monai_breastlt.transforms import EnsureGrayscale, ultrasound_preprocessing
+from monai_breastlt.synthesis.generate import save_png
+from monai_breastlt.transforms import (
+    EnsureGrayscale,
+    ScaleUltrasoundIntensity,
+    ScaleUltrasoundIntensityd,
+    ultrasound_preprocessing,
+)
 from monai_breastlt.utils import root_cause
 
 
@@ -54,3 +60,30 @@ def test_bad_inputs_named(tmp_path):
     assert "trunc.png" in str(e.value) + str(root_cause(e.value))
     with pytest.raises(ValueError, match="expected 1 \\(grey\\), 3 \\(RGB\\) or 4"):
         EnsureGrayscale()(torch.zeros(5, 4, 4))
+
+
+def test_scale_intensity_min_max_or_by_stored_range():
+    img = torch.tensor([[[51.0, 102.0], [153.0, 204.0]]])  # 0.2 .. 0.8 of 255
+    assert torch.allclose(ScaleUltrasoundIntensity()(img), torch.tensor([[[0.0, 1 / 3], [2 / 3, 1.0]]]))
+    assert torch.allclose(ScaleUltrasoundIntensity(prescaled=True)(img), img / 255)
+    assert torch.allclose(ScaleUltrasoundIntensity()(img, prescaled=True), img / 255)  # per call
+    np_out = ScaleUltrasoundIntensity(prescaled=True)(img.numpy())
+    assert isinstance(np_out, np.ndarray) and np.allclose(np_out, img.numpy() / 255)
+    assert ScaleUltrasoundIntensity(prescaled=True)(torch.tensor([[[300.0]]])).item() == 1.0  # clipped
+    d = ScaleUltrasoundIntensityd(["image", "sketch"])
+    marked = d({"image": img, "sketch": img, "prescaled": True})
+    assert torch.allclose(marked["image"], img / 255) and torch.allclose(marked["sketch"], img / 255)
+    assert d({"image": img, "sketch": img})["image"].min() == 0  # unmarked: min-max
+    with pytest.raises(ValueError, match="stored_max must be positive"):
+        ScaleUltrasoundIntensity(stored_max=0)
+
+
+def test_synthetic_image_is_not_stretched_on_reload(tmp_path):
+    """A generated image (no speckle, so a narrow range) must come back as written, not contrast-stretched."""
+    smooth = torch.linspace(0.2, 0.8, 16 * 16).reshape(1, 16, 16)
+    save_png(smooth, tmp_path / "syn.png")
+    pre = ultrasound_preprocessing(16, mask_key=None)
+    back = pre({"image": str(tmp_path / "syn.png"), "prescaled": True})["image"]
+    assert torch.allclose(back, smooth, atol=1 / 255)
+    stretched = pre({"image": str(tmp_path / "syn.png")})["image"]  # a real scan: its own range
+    assert stretched.min() == 0 and stretched.max() == 1

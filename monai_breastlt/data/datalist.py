@@ -234,6 +234,11 @@ def validate_items(items: Iterable[Any], classes: Sequence[str], where: str = "d
         source = item.setdefault("source", "real")
         if source not in ("real", "synthetic"):
             raise ValueError(f"{where}: entry {n} ({item['image']}): source '{source}' is not 'real' or 'synthetic'.")
+        if not isinstance(item.get("prescaled", False), bool):
+            raise ValueError(
+                f"{where}: entry {n} ({item['image']}): prescaled {item['prescaled']!r} is not true or false "
+                "(true: the file holds intensities already scaled to [0, 1], as synthetic pools do)."
+            )
         key = str(item["image"])
         if key in seen:
             raise ValueError(f"{where}: duplicate entry for image {key} (entries {seen[key]} and {n}).")
@@ -378,6 +383,12 @@ def load_mixed_datalist(
         raise ValueError(f"{pool}: pool classes {doc['classes']} differ from {datalist} classes {classes}.")
     syn = [i for k, v in doc.items() if isinstance(v, list) and k != "classes" for i in v]
     syn = validate_items([{**i, "source": "synthetic"} for i in syn], classes, str(pool), check_files=check_files)
+    unmarked = sum("prescaled" not in i for i in syn)
+    if unmarked:  # pools written before the flag existed: still usable, but read as real scans are
+        logger.warning(
+            f"{pool}: {unmarked} of {len(syn)} synthetic entries have no 'prescaled' field, so each image is stretched to "
+            "its own min and max like a real scan; pools from `generate` mark it (true: divided by 255, as written)."
+        )
     return items + syn, classes
 
 

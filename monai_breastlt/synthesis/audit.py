@@ -17,7 +17,7 @@ from monai.transforms import LoadImage
 from monai_breastlt.data.datalist import write_datalist
 from monai_breastlt.metrics import confusion_matrix, report_from_confusion
 from monai_breastlt.networks import SketchPerceptionNet
-from monai_breastlt.transforms import ultrasound_preprocessing
+from monai_breastlt.transforms import PRESCALED_KEY, ultrasound_preprocessing
 from monai_breastlt.utils import atomic_write_json
 from monai_breastlt.visualize import save_sample_grid
 
@@ -84,7 +84,7 @@ class PoolAuditor:
         self.load_sketch = LoadImage(reader=PILReader(reverse_indexing=False), image_only=True, ensure_channel_first=True)
 
     def _images(self, items: Sequence[dict]) -> torch.Tensor:
-        return torch.stack([self.preprocess({"image": i["image"]})["image"] for i in items])
+        return torch.stack([self.preprocess({"image": i["image"], PRESCALED_KEY: i.get(PRESCALED_KEY, False)})["image"] for i in items])
 
     @torch.no_grad()
     def _run(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

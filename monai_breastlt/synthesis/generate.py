@@ -15,7 +15,7 @@ from PIL import Image
 from monai_breastlt.data.datalist import load_datalist_file, validate_items, write_datalist
 from monai_breastlt.inferers import ClassSketchLatentDiffusionInferer
 from monai_breastlt.networks import SketchConditionedLDM, SketchPerceptionNet
-from monai_breastlt.transforms import RandSketchPerturb, ultrasound_preprocessing
+from monai_breastlt.transforms import PRESCALED_KEY, RandSketchPerturb, ultrasound_preprocessing
 from monai_breastlt.utils import atomic_open
 from monai_breastlt.visualize import save_sample_grid
 
@@ -192,7 +192,8 @@ class SyntheticPoolGenerator:
                 save_png(sk, sk_path)
                 entries.append(
                     {"id": j["id"], "image": str(img_path), "sketch": str(sk_path), "label": j["label"],
-                     "class_name": self.classes[j["label"]], "source": "synthetic", "seed": j["seed"], "sketch_from": j["source"]}
+                     "class_name": self.classes[j["label"]], "source": "synthetic", "seed": j["seed"], "sketch_from": j["source"],
+                     PRESCALED_KEY: True}  # written in the model's [0, 1] space: loaders must not stretch it again
                 )
             write_datalist(self.manifest, {"training": entries}, self.classes, generator={"seed": self.seed, "steps": self.steps, "sampler": self.sampler})
             if verbose:

@@ -16,7 +16,7 @@ from monai.transforms import (
     LoadImaged,
     MapTransform,
     Resized,
-    ScaleIntensityd,
+    ScaleIntensity,
     Transform,
 )
 from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor
@@ -29,10 +29,19 @@ __all__ = [
     "ValidateUltrasoundd",
     "ValidateUltrasoundD",
     "ValidateUltrasoundDict",
+    "ScaleUltrasoundIntensity",
+    "ScaleUltrasoundIntensityd",
+    "ScaleUltrasoundIntensityD",
+    "ScaleUltrasoundIntensityDict",
+    "PRESCALED_KEY",
     "ultrasound_preprocessing",
 ]
 
 logger = logging.getLogger(__name__)
+
+# datalist field of an entry whose file already holds intensities in [0, 1] (stored x 255 in 8 bits): the synthetic
+# pools ``generate`` writes. Such an image is scaled by the stored range, never stretched to its own min and max.
+PRESCALED_KEY = "prescaled"
 
 
 def _source(img: NdarrayOrTensor) -> str:
@@ -125,6 +134,68 @@ class ValidateUltrasoundd(MapTransform):
         return d
 
 
+class ScaleUltrasoundIntensity(Transform):
+    """
+    Scale an image to [0, 1]: by its own minimum and maximum, or, for an image stored already scaled, by the stored range.
+
+    Real B-mode scans are min-max scaled, as MONAI's ``ScaleIntensity`` does; speckle reaches nearly black and white in
+    every one of them, so the scaling changes them little. An image written by a generator trained on such scaled
+    images is already in that space, but without speckle its own range is narrower (a latent diffusion model's
+    decoder smooths speckle away): stretching it to its own min and max would darken its lesions and shadows and raise
+    its contrast, a shift a classifier trained on real images reads as another subtype. Such an image is divided by
+    ``stored_max`` instead.
+
+    Args:
+        prescaled: the image is stored already scaled (``x * stored_max``); ``False``: min-max scaling.
+        stored_max: the stored value of intensity 1 (255 for 8-bit files).
+    """
+
+    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+
+    def __init__(self, prescaled: bool = False, stored_max: float = 255.0) -> None:
+        if stored_max <= 0:
+            raise ValueError(f"stored_max must be positive, got {stored_max}.")
+        self.prescaled, self.stored_max = prescaled, float(stored_max)
+        self.minmax = ScaleIntensity(minv=0.0, maxv=1.0)
+
+    def __call__(self, img: NdarrayOrTensor, prescaled: bool | None = None) -> NdarrayOrTensor:
+        """Scale ``img``; ``prescaled`` overrides the constructor's setting for this call."""
+        if not (self.prescaled if prescaled is None else prescaled):
+            return self.minmax(img)
+        t = convert_to_tensor(img, track_meta=get_track_meta())
+        out = (t.float() / self.stored_max).clamp(0.0, 1.0)
+        return convert_to_dst_type(out, img, dtype=torch.float32)[0]
+
+
+class ScaleUltrasoundIntensityd(MapTransform):
+    """
+    Dictionary-based wrapper of :py:class:`ScaleUltrasoundIntensity`; whether a sample is stored already scaled is read
+    from the sample itself (its datalist entry's ``prescaled_key``, which ``generate`` sets on synthetic images).
+
+    Args:
+        keys: the image keys to scale.
+        prescaled_key: the field of a sample that marks it as stored already scaled (absent or false: min-max).
+        stored_max: the stored value of intensity 1 (255 for 8-bit files).
+        allow_missing_keys: don't raise if a key is missing.
+    """
+
+    backend = ScaleUltrasoundIntensity.backend
+
+    def __init__(
+        self, keys: KeysCollection, prescaled_key: str = PRESCALED_KEY, stored_max: float = 255.0, allow_missing_keys: bool = False
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.prescaled_key = prescaled_key
+        self.scaler = ScaleUltrasoundIntensity(stored_max=stored_max)
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        prescaled = bool(d.get(self.prescaled_key, False))
+        for key in self.key_iterator(d):
+            d[key] = self.scaler(d[key], prescaled=prescaled)
+        return d
+
+
 def ultrasound_preprocessing(
     image_size: int | Sequence[int] = 64,
     image_key: str = "image",
@@ -135,7 +206,8 @@ def ultrasound_preprocessing(
 
     PNG/JPG/BMP are read with ``PILReader(reverse_indexing=False)`` so arrays are ``(H, W)`` like the files;
     NIfTI, NRRD and other formats fall back to MONAI's default readers (nibabel, ITK). Images are scaled
-    to [0, 1]; masks are resized with nearest neighbour. A missing mask is fine.
+    to [0, 1] by :py:class:`ScaleUltrasoundIntensityd` (min-max, or by the stored range for an entry marked
+    ``prescaled``, as synthetic images are); masks are resized with nearest neighbour. A missing mask is fine.
 
     Args:
         image_size: output spatial size (an int for square images).
@@ -153,7 +225,7 @@ def ultrasound_preprocessing(
             ValidateUltrasoundd(image_key, mask_key=mask_key),
             Resized(keys, spatial_size=size, mode="bilinear", anti_aliasing=True, allow_missing_keys=True),
             *([Resized(mask_key, spatial_size=size, mode="nearest", allow_missing_keys=True)] if mask_key else []),
-            ScaleIntensityd(keys, minv=0.0, maxv=1.0, allow_missing_keys=True),
+            ScaleUltrasoundIntensityd(keys, allow_missing_keys=True),
             EnsureTyped(all_keys, dtype=torch.float32, track_meta=False, allow_missing_keys=True),
         ]
     )
@@ -161,3 +233,4 @@ def ultrasound_preprocessing(
 
 EnsureGrayscaleD = EnsureGrayscaleDict = EnsureGrayscaled
 ValidateUltrasoundD = ValidateUltrasoundDict = ValidateUltrasoundd
+ScaleUltrasoundIntensityD = ScaleUltrasoundIntensityDict = ScaleUltrasoundIntensityd
