@@ -20,6 +20,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from monai_breastlt.transforms.preprocess import PRESCALED_KEY  # the datalist field the loaders read
 from monai_breastlt.utils import atomic_open, atomic_write_json, read_json
 
 logger = logging.getLogger(__name__)
@@ -234,9 +235,9 @@ def validate_items(items: Iterable[Any], classes: Sequence[str], where: str = "d
         source = item.setdefault("source", "real")
         if source not in ("real", "synthetic"):
             raise ValueError(f"{where}: entry {n} ({item['image']}): source '{source}' is not 'real' or 'synthetic'.")
-        if not isinstance(item.get("prescaled", False), bool):
+        if not isinstance(item.get(PRESCALED_KEY, False), bool):
             raise ValueError(
-                f"{where}: entry {n} ({item['image']}): prescaled {item['prescaled']!r} is not true or false "
+                f"{where}: entry {n} ({item['image']}): {PRESCALED_KEY} {item[PRESCALED_KEY]!r} is not true or false "
                 "(true: the file holds intensities already scaled to [0, 1], as synthetic pools do)."
             )
         key = str(item["image"])
@@ -383,10 +384,10 @@ def load_mixed_datalist(
         raise ValueError(f"{pool}: pool classes {doc['classes']} differ from {datalist} classes {classes}.")
     syn = [i for k, v in doc.items() if isinstance(v, list) and k != "classes" for i in v]
     syn = validate_items([{**i, "source": "synthetic"} for i in syn], classes, str(pool), check_files=check_files)
-    unmarked = sum("prescaled" not in i for i in syn)
+    unmarked = sum(PRESCALED_KEY not in i for i in syn)
     if unmarked:  # pools written before the flag existed: still usable, but read as real scans are
         logger.warning(
-            f"{pool}: {unmarked} of {len(syn)} synthetic entries have no 'prescaled' field, so each image is stretched to "
+            f"{pool}: {unmarked} of {len(syn)} synthetic entries have no '{PRESCALED_KEY}' field, so each image is stretched to "
             "its own min and max like a real scan; pools from `generate` mark it (true: divided by 255, as written)."
         )
     return items + syn, classes
