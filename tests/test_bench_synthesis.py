@@ -49,3 +49,7 @@ def test_tiny_phantom_judge_learns_from_an_independent_balanced_phantom(tmp_path
     assert report["real_test_balanced_accuracy"] is not None and all(v["synthetic"] == 2 for v in report["per_class"].values())
     assert all(sum(v["taken_for"].values()) == pytest.approx(1.0) for v in report["per_class"].values())
     assert 0 <= report["macro_real_accuracy"] <= 1  # the judge on real images of the same subtypes, held out from it
+    # the report sets fidelity against what the judge gives real images of the same subtypes
+    text = format_synthesis_report({**report, "macro_fidelity": 0.4, "macro_real_accuracy": 0.5})
+    assert "on real images of the same subtypes (macro): 50.0 % (synthetic / real: 0.80)" in text
+    assert "synthetic / real" not in format_synthesis_report({**report, "macro_real_accuracy": None})
