@@ -73,8 +73,9 @@ def plot_ratio_trajectory(history: Sequence[dict], class_names: Sequence[str], p
     plt.close(fig)
 
 
-def save_sample_grid(images_by_class: dict[str, Sequence[np.ndarray]], path: str | os.PathLike, per_class: int = 6) -> None:
-    """One row per class of up to ``per_class`` grey images in [0, 1], class names on the left."""
+def save_sample_grid(images_by_class: dict[str, Sequence[np.ndarray]], path: str | os.PathLike, per_class: int = 6,
+                     title: str = "Synthetic samples per subtype") -> None:
+    """One row per class (or any row label) of up to ``per_class`` grey images in [0, 1], row labels on the left."""
     plt = _plt()
     names = list(images_by_class)
     fig, axes = plt.subplots(len(names), per_class, figsize=(1.4 * per_class + 1.5, 1.4 * len(names)), squeeze=False)
@@ -86,7 +87,7 @@ def save_sample_grid(images_by_class: dict[str, Sequence[np.ndarray]], path: str
             if c < len(imgs):
                 ax.imshow(np.asarray(imgs[c]).squeeze(), cmap="gray", vmin=0, vmax=1)
         axes[r][0].text(-0.1, 0.5, name.replace("_", " "), transform=axes[r][0].transAxes, ha="right", va="center", fontsize=9)
-    fig.suptitle("Synthetic samples per subtype")
+    fig.suptitle(title)
     _figure_to(path, fig)
     plt.close(fig)
 

@@ -36,6 +36,7 @@ def test_audit_responds_to_a_corrupted_pool(tiny_phantom, tmp_path):
     assert 0 <= rep_noise["overall"]["sketch_dice"] <= 1 and math.isnan(rep_copy["overall"]["sketch_dice"])
     assert set(rep_copy["per_class"]) <= set(classes) and rep_copy["overall"]["real_vs_real"]["fid"] >= 0
     assert (tmp_path / "audit/audit_report.json").is_file() and (tmp_path / "audit/audit_grid.png").is_file()
+    assert not (tmp_path / "audit/near_copies.png").exists()  # nothing flagged in the noise pool: no figure
     kept = PoolAuditor.filter_pool(copies, rep_copy, classes, tmp_path / "filtered.json", min_class_prob=0.0)
     assert kept == []  # every memorised image is dropped
     kept = PoolAuditor.filter_pool(noise, rep_noise, classes, tmp_path / "filtered.json", min_class_prob=0.0)
@@ -105,6 +106,41 @@ def test_audit_reads_synthetic_images_as_written(tiny_phantom, tmp_path):
     p = tmp_path / "syn.png"
     Image.fromarray(np.linspace(60, 180, 32 * 32).reshape(32, 32).astype(np.uint8)).save(p)
     auditor = PoolAuditor(_classifier(), classes, None, image_size=32)
-    marked, unmarked = auditor._images([{"image": str(p), "prescaled": True}, {"image": str(p)}])
+    marked, unmarked = auditor._images_and_masks([{"image": str(p), "prescaled": True}, {"image": str(p)}])[0]
     assert abs(marked.min().item() - 60 / 255) < 1e-3 and abs(marked.max().item() - 180 / 255) < 1e-3
     assert unmarked.min() == 0 and unmarked.max() == 1
+
+
+def test_audit_flags_a_copied_lesion_on_a_new_background(tmp_path):
+    """A patient's lesion pasted elsewhere on another image: the whole-image comparison cannot see it, the lesion
+    comparison does, names the source image, and the filter drops it; lesions of another phantom are not flagged."""
+    from monai_breastlt.data import generate_phantom
+    from monai_breastlt.synthesis import save_png
+
+    real, classes = load_datalist(generate_phantom(tmp_path / "real", head_count=16, imbalance_ratio=2, image_size=64, seed=0), "training")
+    novel, _ = load_datalist(generate_phantom(tmp_path / "novel", head_count=6, imbalance_ratio=1, image_size=64, seed=5), "training")
+    auditor = PoolAuditor(_classifier(), classes, None, image_size=64)
+    images, masks = auditor._images_and_masks(real)
+    rng = np.random.default_rng(0)
+    pool = []
+    for k in range(8):
+        i, j = (int(v) for v in rng.choice(len(real), 2, replace=False))
+        ys, xs = np.nonzero(masks[i][0].numpy())
+        y0, y1, x0, x1 = max(ys.min() - 3, 0), min(ys.max() + 4, 64), max(xs.min() - 3, 0), min(xs.max() + 4, 64)
+        ty, tx = int(rng.integers(0, 65 - (y1 - y0))), int(rng.integers(0, 65 - (x1 - x0)))
+        img, mask = images[j][0].clone(), torch.zeros(64, 64)
+        img[ty : ty + y1 - y0, tx : tx + x1 - x0] = images[i][0, y0:y1, x0:x1]
+        mask[ty : ty + y1 - y0, tx : tx + x1 - x0] = masks[i][0, y0:y1, x0:x1]
+        save_png(img, tmp_path / f"t{k}.png")
+        save_png(mask, tmp_path / f"t{k}_mask.png")
+        pool.append({"id": f"t{k}", "image": str(tmp_path / f"t{k}.png"), "mask": str(tmp_path / f"t{k}_mask.png"),
+                     "label": real[i]["label"], "prescaled": True, "source_of_lesion": real[i]["image"]})
+    rep = auditor.audit(pool, real, out_dir=tmp_path / "audit")
+    assert (tmp_path / "audit" / "near_copies.png").is_file()
+    o = rep["overall"]
+    assert o["lesions_found"] == 8 and o["lesion_near_copies"] == 8 and o["near_copies"] <= 2
+    assert [r["nearest_real_lesion"] for r in rep["images"]] == [p["source_of_lesion"] for p in pool]
+    assert o["memorization"]["real_lesions_flagged"] <= 0.05 and sum(c["lesion_near_copies"] for c in rep["per_class"].values()) == 8
+    assert PoolAuditor.filter_pool(pool, rep, classes, tmp_path / "filtered.json", min_class_prob=0.0) == []
+    fresh = auditor.audit([{**n, "id": f"n{k}"} for k, n in enumerate(novel)], real)["overall"]
+    assert fresh["lesions_found"] == len(novel) and fresh["lesion_near_copies"] == 0 and fresh["near_copies"] == 0

@@ -49,6 +49,8 @@ def test_perception_net():
     assert net(x).shape == (2, 2, 32, 32)
     s = net.predict_sketch(x)
     assert s.shape == (2, 1, 32, 32) and 0 <= s.min() and s.max() <= 1
+    contour = net.predict_contour(x)  # the lesion-contour channel alone, below the sketch (their maximum)
+    assert contour.shape == (2, 1, 32, 32) and torch.equal(contour, torch.sigmoid(net(x)[:, 1:2])) and (contour <= s).all()
 
 
 def test_noise_schedule_travels_with_the_model():

@@ -138,7 +138,8 @@ def benchmark_synthesis(
                            "sketch_dice_chance": a.get("sketch_dice_chance"), "fid": a.get("fid"),
                            "real_test_recall": real["recall"][c] if real["support"][c] else None,
                            "real_accuracy": a.get("real_accuracy"), "reconstruction_accuracy": a.get("reconstruction_accuracy"),
-                           "taken_for": a.get("taken_for", {})}
+                           "taken_for": a.get("taken_for", {}), "near_copies": a.get("near_copies"),
+                           "lesion_near_copies": a.get("lesion_near_copies")}
     fids = [v["fidelity"] for v in per_class.values() if v["fidelity"] is not None]
     # the same judge on real images of the same subtypes: what fidelity a perfect generator would get from this judge
     reals = [v["real_accuracy"] for v in per_class.values() if v["fidelity"] is not None and v["real_accuracy"] is not None]
@@ -158,6 +159,19 @@ def benchmark_synthesis(
     return report
 
 
+def _memorization_line(overall: dict) -> str:
+    """Near-copies of real images and of real lesions, next to the rule's false-alarm rate on the real images."""
+    m = overall.get("memorization")
+    if m is None:  # a report written before the lesion check
+        return f"- near-copies of real images: {overall['near_copies']}"
+    text = (f"- near-copies (nearest real closer than {m['factor']} x the next {m['k']} of other patients): "
+            f"{overall['near_copies']} of {overall['n']} images (real images flagged the same way: {100 * m['real_flagged']:.1f} %)")
+    if "real_lesions_flagged" in m:
+        text += (f"; lesion near-copies: {overall['lesion_near_copies']} of the {overall['lesions_found']} images with a lesion "
+                 f"found (real lesions flagged: {100 * m['real_lesions_flagged']:.1f} %)")
+    return text
+
+
 def format_synthesis_report(report: dict) -> str:
     """Markdown: per-class table, overall figures against the targets."""
     pct = lambda v: "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"  # noqa: E731
@@ -171,8 +185,8 @@ def format_synthesis_report(report: dict) -> str:
     ratio = f" (synthetic / real: {report['macro_fidelity'] / real_acc:.2f})" if real_acc else ""
     lines = [
         "| subtype | synthetic images | class fidelity % | judge recall on real test % | judge on real / autoencoded real "
-        "training images % | otherwise taken for % | sketch Dice (chance) | FID vs real |",
-        "|---|---|---|---|---|---|---|---|",
+        "training images % | otherwise taken for % | sketch Dice (chance) | FID vs real | near-copies: image / lesion |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, v in report["per_class"].items():
         others = sorted(((f, n) for n, f in v.get("taken_for", {}).items() if n != name), reverse=True)
@@ -180,7 +194,8 @@ def format_synthesis_report(report: dict) -> str:
             f"| {name} | {v['synthetic']} | {pct(v['fidelity'])} | {pct(v['real_test_recall'])} | "
             f"{pct(v.get('real_accuracy'))} / {pct(v.get('reconstruction_accuracy'))} | "
             f"{', '.join(f'{n} {pct(f)}' for f, n in others[:2]) or '-'} | "
-            f"{num(v['sketch_dice'])} ({num(v.get('sketch_dice_chance'))}) | {num(v['fid'])} |"
+            f"{num(v['sketch_dice'])} ({num(v.get('sketch_dice_chance'))}) | {num(v['fid'])} | "
+            f"{v.get('near_copies', 'n/a')} / {v.get('lesion_near_copies', 'n/a')} |"
         )
     lines += [
         "",
@@ -195,7 +210,8 @@ def format_synthesis_report(report: dict) -> str:
         f"- sketch adherence (Dice): **{num(o['sketch_dice'])}** (target >= 0.5); chance level (each sketch against "
         f"another generated image): {num(o.get('sketch_dice_chance'))}",
         f"- FID on the judge's features: **{num(o['fid'])}** vs **{num(o['real_vs_real']['fid'])}** real vs real "
-        f"(MMD {o['mmd']:.4f} vs {o['real_vs_real']['mmd']:.4f}); near-copies of real images: {o['near_copies']}",
+        f"(MMD {o['mmd']:.4f} vs {o['real_vs_real']['mmd']:.4f})",
+        _memorization_line(o),
         "- seconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in report["seconds"].items()) + f"; total {report['total_s']:.0f} s (this invocation {report['wall_s']:.0f} s)",
         f"- sample grid: {report['sample_grid']}",
     ]

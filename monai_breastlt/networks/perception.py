@@ -35,3 +35,8 @@ class SketchPerceptionNet(nn.Module):
     def predict_sketch(self, x: torch.Tensor) -> torch.Tensor:
         """The sketch in [0, 1], ``(B, 1, ...)``: the maximum of both channels' probabilities (as ``ExtractSketch``)."""
         return torch.sigmoid(self.forward(x)).amax(1, keepdim=True)
+
+    @torch.no_grad()
+    def predict_contour(self, x: torch.Tensor) -> torch.Tensor:
+        """The lesion-contour channel alone in [0, 1], ``(B, 1, ...)``: where the net sees a lesion outline."""
+        return torch.sigmoid(self.forward(x)[:, 1:2])

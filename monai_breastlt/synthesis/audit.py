@@ -17,6 +17,7 @@ from monai.transforms import LoadImage
 from monai_breastlt.data.datalist import write_datalist
 from monai_breastlt.metrics import confusion_matrix, report_from_confusion
 from monai_breastlt.networks import SketchPerceptionNet
+from monai_breastlt.synthesis.memorization import NearestRealCheck
 from monai_breastlt.transforms import PRESCALED_KEY, ultrasound_preprocessing
 from monai_breastlt.utils import atomic_write_json
 from monai_breastlt.visualize import save_sample_grid
@@ -42,8 +43,14 @@ class PoolAuditor:
       well above 0);
     - **distance**: MONAI ``FIDMetric`` and ``MMDMetric`` on the classifier's penultimate features (no ImageNet weights
       offline), with a real-vs-real baseline (the real features split in two halves);
-    - **memorisation**: distance of each synthetic image to its nearest real training image (pixels, downsampled);
-      images closer than ``near_copy_factor`` times the median real-to-real nearest-neighbour distance are flagged.
+    - **memorisation** (:py:class:`~monai_breastlt.synthesis.memorization.NearestRealCheck`): the nearest real
+      training image of each synthetic image, and the nearest real *lesion* (a copied lesion on a new background),
+      both compared despeckled; a nearest real image (lesion) closer than ``near_copy_factor`` times the mean
+      distance to the next real images (lesions) of other patients flags a near-copy. Lesions are located by an entry's ``mask`` where it has one
+      (real images usually; generated ones never), else by the perception net's contour channel.
+
+    With ``out_dir``, :meth:`audit` writes the report, a per-class sample grid and, when images are flagged,
+    ``near_copies.png``: the closest flagged images beside the real image and the real lesion they resemble.
 
     With an ``autoencoder``, the classifier's accuracy on the real images and on their autoencoder reconstructions
     is reported per class too: the fidelity that the first stage of a latent diffusion model leaves attainable.
@@ -53,12 +60,14 @@ class PoolAuditor:
         perception: the trained ``SketchPerceptionNet`` (``None``: no adherence check).
         classes: class names in label order.
         image_size: the size the classifier expects.
-        near_copy_factor: memorisation threshold relative to real-to-real distances.
+        near_copy_factor: memorisation threshold on the relative distance (nearest real / the nearest of other patients).
         sketch_threshold: binarisation threshold of the sketches.
         batch_size: images per forward pass.
         device: torch device.
         autoencoder: the LDM's ``AutoencoderKL`` (``None``: no reconstruction check).
     """
+
+    copies_shown = 12  # rows of near_copies.png
 
     def __init__(
         self,
@@ -79,12 +88,34 @@ class PoolAuditor:
         self.classes = list(classes)
         self.image_size, self.near_copy_factor, self.sketch_threshold = image_size, near_copy_factor, sketch_threshold
         self.batch_size = batch_size
-        self.preprocess = ultrasound_preprocessing(image_size, mask_key=None)
+        self.preprocess = ultrasound_preprocessing(image_size, mask_key="mask")
+        self.memorization = NearestRealCheck(factor=near_copy_factor)
         # the orientation ultrasound_preprocessing reads images in (and the generator writes sketches in)
         self.load_sketch = LoadImage(reader=PILReader(reverse_indexing=False), image_only=True, ensure_channel_first=True)
 
-    def _images(self, items: Sequence[dict]) -> torch.Tensor:
-        return torch.stack([self.preprocess({"image": i["image"], PRESCALED_KEY: i.get(PRESCALED_KEY, False)})["image"] for i in items])
+    def _images_and_masks(self, items: Sequence[dict]) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+        """Images and their lesion masks (``None`` where an entry has none)."""
+        out = [self.preprocess({k: i[k] for k in ("image", "mask", PRESCALED_KEY) if i.get(k) is not None}) for i in items]
+        return torch.stack([o["image"] for o in out]), [(o["mask"] > 0).float() if "mask" in o else None for o in out]
+
+    @torch.no_grad()
+    def _contours(self, images: torch.Tensor) -> torch.Tensor:
+        assert self.perception is not None
+        return torch.cat([self.perception.predict_contour(images[b : b + self.batch_size].to(self.device)).cpu() for b in range(0, len(images), self.batch_size)])
+
+    def _lesion_maps(self, images: torch.Tensor, masks: Sequence[torch.Tensor | None] | None = None) -> torch.Tensor | None:
+        """Masks where given, else the perception net's lesion contours; ``None`` when neither is available."""
+        masks = list(masks) if masks is not None else [None] * len(images)
+        missing = [k for k, m in enumerate(masks) if m is None]
+        if missing and self.perception is None:
+            return None
+        maps = torch.zeros_like(images)
+        if missing:
+            maps[missing] = self._contours(images[missing])
+        for k, m in enumerate(masks):
+            if m is not None:
+                maps[k] = m
+        return maps
 
     @torch.no_grad()
     def _run(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,7 +160,8 @@ class PoolAuditor:
         """The report (per class and overall); with ``out_dir``, also ``audit_report.json`` and ``audit_grid.png``."""
         if not pool or not real:
             raise ValueError(f"audit needs synthetic and real images (got {len(pool)} and {len(real)}).")
-        syn_img, real_img = self._images(pool), self._images(real)
+        syn_img, syn_masks = self._images_and_masks(pool)
+        real_img, real_masks = self._images_and_masks(real)
         syn_logits, syn_feat = self._run(syn_img)
         real_logits, real_feat = self._run(real_img)
         syn_lab = torch.tensor([int(i["label"]) for i in pool])
@@ -139,14 +171,15 @@ class PoolAuditor:
         pred_lab = probs.argmax(1)
         correct = pred_lab == syn_lab
         taken = confusion_matrix(syn_lab.tolist(), pred_lab.tolist(), len(self.classes))  # row c: what class c is taken for
-        # memorisation: nearest real image in a 32x32 pixel space
-        small = lambda x: F.adaptive_avg_pool2d(x, 32).flatten(1)  # noqa: E731
-        rs, ss = small(real_img), small(syn_img)
-        d_syn = torch.cdist(ss, rs).min(1).values
-        rr = torch.cdist(rs, rs)
-        rr.fill_diagonal_(float("inf"))
-        threshold = self.near_copy_factor * float(rr.min(1).values.median())
-        near = d_syn < threshold
+        # memorisation: nearest real image and nearest real lesion, against real-to-real distances of other patients
+        real_maps = self._lesion_maps(real_img, real_masks)
+        syn_maps = self._lesion_maps(syn_img, syn_masks) if real_maps is not None else None
+        self.memorization.fit(real_img, real_maps, [i.get("group", i["image"]) for i in real])
+        mem = self.memorization.query(syn_img, syn_maps)
+        d_syn, near = mem["image_distance"], mem["image_copy"]
+        lesion_d = mem.get("lesion_distance", torch.full((len(pool),), float("nan")))
+        lesion_ratio = mem.get("lesion_ratio", torch.full((len(pool),), float("nan")))
+        lesion_near = mem.get("lesion_copy", torch.zeros(len(pool), dtype=torch.bool))
         adherence = torch.full((len(pool),), float("nan"))
         chance = torch.full((len(pool),), float("nan"))
         if self.perception is not None:
@@ -167,21 +200,26 @@ class PoolAuditor:
         half = torch.arange(len(real_feat)) % 2 == 0
         report: dict = {
             "classes": self.classes,
-            "near_copy_threshold": threshold,
             "overall": {
                 "n": len(pool),
                 "fidelity": float(correct.float().mean()),
                 "sketch_dice": nanmean(adherence),
                 "sketch_dice_chance": nanmean(chance),
                 "near_copies": int(near.sum()),
+                "lesion_near_copies": int(lesion_near.sum()),
+                "lesions_found": int((~torch.isnan(lesion_d)).sum()),
+                "memorization": self.memorization.baseline(),  # the rule on the real images: its false-alarm rate
                 **self._distances(syn_feat, real_feat),
                 "real_vs_real": self._distances(real_feat[half], real_feat[~half]),
             },
             "per_class": {},
             "images": [
                 {"id": i.get("id", i["image"]), "class_prob": float(probs[k, syn_lab[k]]), "predicted": self.classes[int(pred_lab[k])],
-                 "nn_distance": float(d_syn[k]),
-                 "near_copy": bool(near[k]), "sketch_dice": float(adherence[k])}
+                 "nn_distance": float(d_syn[k]), "nn_ratio": float(mem["image_ratio"][k]), "near_copy": bool(near[k]),
+                 "nearest_real": real[int(mem["image_nearest"][k])]["image"],
+                 "lesion_nn_distance": float(lesion_d[k]), "lesion_nn_ratio": float(lesion_ratio[k]), "lesion_near_copy": bool(lesion_near[k]),
+                 "nearest_real_lesion": real[int(mem["lesion_nearest"][k])]["image"] if not torch.isnan(lesion_d[k]) else None,
+                 "sketch_dice": float(adherence[k])}
                 for k, i in enumerate(pool)
             ],
         }
@@ -195,6 +233,7 @@ class PoolAuditor:
                 "sketch_dice": nanmean(adherence[sel]),
                 "sketch_dice_chance": nanmean(chance[sel]),
                 "near_copies": int(near[sel].sum()),
+                "lesion_near_copies": int(lesion_near[sel].sum()),
                 "taken_for": {n: float(taken[c, k] / taken[c].sum()) for k, n in enumerate(self.classes) if taken[c, k]},
                 **self._distances(syn_feat[sel], real_feat[rsel]),
             }
@@ -208,16 +247,28 @@ class PoolAuditor:
             atomic_write_json(report, out / "audit_report.json")
             grid = {n: [syn_img[k, 0].numpy() for k in torch.nonzero(syn_lab == c).flatten()[:6].tolist()] for c, n in enumerate(self.classes) if (syn_lab == c).any()}
             save_sample_grid(grid, out / "audit_grid.png")
+            flagged = torch.nonzero(near | lesion_near).flatten().tolist()
+            (out / "near_copies.png").unlink(missing_ok=True)  # a previous audit's figure must not outlive its flags
+            if flagged:  # what a reviewer must look at: each flagged image beside the real image(s) it resembles
+                closest = torch.fmin(mem["image_ratio"], lesion_ratio)
+                rows = {}
+                for k in sorted(flagged, key=lambda k: float(closest[k]))[: self.copies_shown]:
+                    shown = [syn_img[k, 0].numpy(), real_img[int(mem["image_nearest"][k]), 0].numpy()]
+                    if not torch.isnan(lesion_d[k]):
+                        shown.append(real_img[int(mem["lesion_nearest"][k]), 0].numpy())
+                    rows[f"{pool[k].get('id', k)} ({float(closest[k]):.2f})"] = shown
+                save_sample_grid(rows, out / "near_copies.png", per_class=3,
+                                 title="Near-copies (relative distance): synthetic | nearest real image | nearest real lesion")
         return report
 
     @staticmethod
     def filter_pool(pool: Sequence[dict], report: dict, classes: Sequence[str], path: str | os.PathLike,
                     min_class_prob: float = 0.5, drop_near_copies: bool = True) -> list[dict]:
         """Keep images the real-data classifier assigns to their class with ``>= min_class_prob`` and that are not
-        near-copies of a real image; write the filtered manifest to ``path`` and return its entries."""
+        near-copies of a real image or of a real lesion; write the filtered manifest to ``path`` and return its entries."""
         keep = [
             item for item, img in zip(pool, report["images"])
-            if img["class_prob"] >= min_class_prob and not (drop_near_copies and img["near_copy"])
+            if img["class_prob"] >= min_class_prob and not (drop_near_copies and (img["near_copy"] or img.get("lesion_near_copy", False)))
         ]
         write_datalist(path, {"training": keep}, classes, filtered={"min_class_prob": min_class_prob, "drop_near_copies": drop_near_copies})
         return keep

@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 
-def _smooth(img: torch.Tensor, sigma: float | Sequence[float]) -> torch.Tensor:
+def smooth_image(img: torch.Tensor, sigma: float | Sequence[float]) -> torch.Tensor:
     """Gaussian smoothing of a ``(C, H, W)`` tensor with MONAI's separable filter.
 
     The image is padded by replication first: the filter's zero padding would draw a false edge at the border.
@@ -123,12 +123,12 @@ class ExtractSketch(Transform):
         x = img_t.mean(0, keepdim=True)
         x = (x - x.min()) / (x.max() - x.min()).clamp_min(1e-6)
         scale = max(x.shape[-2:]) / 128.0
-        x = _smooth(x, self.despeckle_sigma * scale)
+        x = smooth_image(x, self.despeckle_sigma * scale)
         edges = torch.zeros_like(x)
         for sigma in self.edge_sigmas:
-            g = self.sobel(_smooth(x, sigma * scale))
+            g = self.sobel(smooth_image(x, sigma * scale))
             edges = torch.maximum(edges, _normalise(torch.linalg.vector_norm(g, dim=0, keepdim=True), self.quantile, self.threshold))
-        layered = _smooth(x, [self.layer_sigma[0] * scale, self.layer_sigma[1] * scale])
+        layered = smooth_image(x, [self.layer_sigma[0] * scale, self.layer_sigma[1] * scale])
         layers = _normalise(self.sobel(layered)[:1].abs(), self.quantile, self.threshold)
         contour = torch.zeros_like(x)
         if mask is not None:
