@@ -53,6 +53,25 @@ def test_ddpm_seeded_and_differs_from_ddim(setup):
     assert not torch.allclose(a, _sample(setup, scheduler=DDIMScheduler(100, clip_sample=False), num_inference_steps=5))
 
 
+def test_guidance_interval(setup):
+    """Guidance limited to a range of timesteps: all of them is plain CFG, none is the conditional model alone, and
+    a part is neither."""
+    model, _, noise, sketch = setup
+
+    def sample(interval, scale=3.0):
+        inferer = ClassSketchLatentDiffusionInferer(DDIMScheduler(100, clip_sample=False), null_class=3, guidance_interval=interval)
+        return inferer.sample(noise, model.autoencoder, model.unet, torch.tensor([0, 1]), model.controlnet, sketch,
+                              num_inference_steps=4, guidance_scale=scale)
+
+    guided, unguided = sample(None), sample(None, scale=1.0)  # DDIM, 4 steps: timesteps 99, 66, 33, 0
+    assert torch.equal(sample((0, 99)), guided)
+    assert torch.equal(sample((67, 98)), unguided)
+    part = sample((0, 40))
+    assert not torch.allclose(part, guided) and not torch.allclose(part, unguided)
+    with pytest.raises(ValueError, match="t_low <= t_high"):
+        ClassSketchLatentDiffusionInferer(DDIMScheduler(100), guidance_interval=(500, 100))
+
+
 def test_cfg_needs_null_class(setup):
     model, _, noise, sketch = setup
     inferer = ClassSketchLatentDiffusionInferer(DDIMScheduler(100))

@@ -106,3 +106,16 @@ def test_full_disk_during_generation_fails_cleanly_then_resumes(tiny_phantom, tm
     items, _ = load_datalist(manifest)
     assert Counter(i["label"] for i in items) == {c: n for c, n in enumerate(TARGETS) if n}
     assert len({i["id"] for i in items}) == sum(TARGETS)
+
+
+def test_pool_records_its_sampling_settings(tiny_phantom, tmp_path):
+    """The manifest says how the pool was sampled, guidance interval included (the inferer gets it: a limited
+    interval gives other images than guidance at every step)."""
+    sources = [{"image": s["image"], "label": s["label"]} for s in load_datalist(tiny_phantom, "training")[0]]
+    every = _generator(tiny_phantom, tmp_path / "every", guidance_scale=3.0).run([1, 1, 0, 0, 0, 0], sources)
+    late = _generator(tiny_phantom, tmp_path / "late", guidance_scale=3.0, guidance_interval=(0, 400)).run([1, 1, 0, 0, 0, 0], sources)
+    settings = json.loads(late.read_text())["generator"]
+    assert settings["guidance_interval"] == [0, 400] and settings["guidance_scale"] == 3.0
+    assert json.loads(every.read_text())["generator"]["guidance_interval"] is None
+    a, b = (np.asarray(Image.open(i["image"]), int) for i in (load_datalist(every)[0][0], load_datalist(late)[0][0]))
+    assert np.abs(a - b).max() > 1

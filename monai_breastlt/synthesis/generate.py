@@ -75,6 +75,8 @@ class SyntheticPoolGenerator:
         num_inference_steps: sampling steps.
         sampler: ``"ddim"`` or ``"ddpm"``.
         guidance_scale: classifier-free guidance scale.
+        guidance_interval: ``(t_low, t_high)``: guide only at these timesteps (``None``: every step; see
+            :class:`~monai_breastlt.inferers.ClassSketchLatentDiffusionInferer`).
         conditioning_scale: ControlNet scale.
         batch_size: images per sampling batch.
         seed: base seed of the pool.
@@ -99,6 +101,7 @@ class SyntheticPoolGenerator:
         cross_class_sketches: bool = False,
         perturb: float = 0.5,
         device: str | torch.device = "cpu",
+        guidance_interval: Sequence[int] | None = None,
     ) -> None:
         if sampler not in ("ddim", "ddpm"):
             raise ValueError(f"sampler must be 'ddim' or 'ddpm', got '{sampler}'.")
@@ -109,6 +112,7 @@ class SyntheticPoolGenerator:
         self.out = Path(out_dir)
         self.image_size, self.steps, self.sampler = image_size, num_inference_steps, sampler
         self.guidance_scale, self.conditioning_scale = guidance_scale, conditioning_scale
+        self.guidance_interval = tuple(guidance_interval) if guidance_interval is not None else None
         self.batch_size, self.seed, self.cross_class, self.perturb = batch_size, seed, cross_class_sketches, perturb
         self.device = torch.device(device)
         self.manifest = self.out / "pool.json"
@@ -171,7 +175,8 @@ class SyntheticPoolGenerator:
         entries = [e for e in entries if e["id"] in wanted]
         jobs = self._jobs(targets, sources, {e["id"] for e in entries})
         inferer = ClassSketchLatentDiffusionInferer(  # the noise schedule the model was trained with
-            self.model.make_scheduler(self.sampler, self.steps), float(self.model.scale_factor), self.guidance_scale, self.conditioning_scale, self.model.null_class
+            self.model.make_scheduler(self.sampler, self.steps), float(self.model.scale_factor), self.guidance_scale, self.conditioning_scale,
+            self.model.null_class, self.guidance_interval,
         )
         lat = self.model.autoencoder.latent_channels
         side = self.image_size // self.model.latent_downsample
@@ -195,7 +200,8 @@ class SyntheticPoolGenerator:
                      "class_name": self.classes[j["label"]], "source": "synthetic", "seed": j["seed"], "sketch_from": j["source"],
                      PRESCALED_KEY: True}  # written in the model's [0, 1] space: loaders must not stretch it again
                 )
-            write_datalist(self.manifest, {"training": entries}, self.classes, generator={"seed": self.seed, "steps": self.steps, "sampler": self.sampler})
+            write_datalist(self.manifest, {"training": entries}, self.classes, generator={"seed": self.seed, "steps": self.steps, "sampler": self.sampler,
+                           "guidance_scale": self.guidance_scale, "guidance_interval": self.guidance_interval, "conditioning_scale": self.conditioning_scale})
             if verbose:
                 logger.info("generated %d/%d images", b + len(batch), len(jobs))
         if not self.manifest.is_file():  # nothing to do and nothing written yet: an empty pool is still a pool
