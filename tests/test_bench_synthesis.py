@@ -29,7 +29,9 @@ def test_tiny_phase1_on_a_given_data_source_then_resume(tmp_path):
     again = benchmark_synthesis(out, "tiny", data_source=src, target_mode="up_to", target_n=8, log=logs.append)
     assert sum("already done" in m for m in logs) == 5  # every stage and the pool are skipped on resume
     assert again["per_class"] == report["per_class"]
-    assert again["total_s"] == pytest.approx(report["total_s"], abs=60) and again["wall_s"] < report["total_s"]
+    # the recorded stage times are carried over, not re-measured (the skipped stages are asserted above; comparing
+    # wall times would make the test depend on what else the machine runs)
+    assert again["total_s"] == pytest.approx(report["total_s"], abs=60)
 
 
 def test_tiny_phantom_judge_learns_from_an_independent_balanced_phantom(tmp_path, monkeypatch):
