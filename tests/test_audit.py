@@ -144,3 +144,4 @@ def test_audit_flags_a_copied_lesion_on_a_new_background(tmp_path):
     assert PoolAuditor.filter_pool(pool, rep, classes, tmp_path / "filtered.json", min_class_prob=0.0) == []
     fresh = auditor.audit([{**n, "id": f"n{k}"} for k, n in enumerate(novel)], real)["overall"]
     assert fresh["lesions_found"] == len(novel) and fresh["lesion_near_copies"] == 0 and fresh["near_copies"] == 0
+    assert o["lesion_nn_ratio_median"] < 0.5 < 0.8 < fresh["lesion_nn_ratio_median"]  # graded as well as flagged

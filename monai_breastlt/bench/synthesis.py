@@ -139,7 +139,8 @@ def benchmark_synthesis(
                            "real_test_recall": real["recall"][c] if real["support"][c] else None,
                            "real_accuracy": a.get("real_accuracy"), "reconstruction_accuracy": a.get("reconstruction_accuracy"),
                            "taken_for": a.get("taken_for", {}), "near_copies": a.get("near_copies"),
-                           "lesion_near_copies": a.get("lesion_near_copies")}
+                           "lesion_near_copies": a.get("lesion_near_copies"), "nn_ratio_median": a.get("nn_ratio_median"),
+                           "lesion_nn_ratio_median": a.get("lesion_nn_ratio_median")}
     fids = [v["fidelity"] for v in per_class.values() if v["fidelity"] is not None]
     # the same judge on real images of the same subtypes: what fidelity a perfect generator would get from this judge
     reals = [v["real_accuracy"] for v in per_class.values() if v["fidelity"] is not None and v["real_accuracy"] is not None]
@@ -165,10 +166,12 @@ def _memorization_line(overall: dict) -> str:
     if m is None:  # a report written before the lesion check
         return f"- near-copies of real images: {overall['near_copies']}"
     text = (f"- near-copies (nearest real closer than {m['factor']} x the next {m['k']} of other patients): "
-            f"{overall['near_copies']} of {overall['n']} images (real images flagged the same way: {100 * m['real_flagged']:.1f} %)")
+            f"{overall['near_copies']} of {overall['n']} images, median relative distance {overall['nn_ratio_median']:.2f} (real "
+            f"images against other patients: {100 * m['real_flagged']:.1f} % flagged, median {m['real_median_ratio']:.2f})")
     if "real_lesions_flagged" in m:
         text += (f"; lesion near-copies: {overall['lesion_near_copies']} of the {overall['lesions_found']} images with a lesion "
-                 f"found (real lesions flagged: {100 * m['real_lesions_flagged']:.1f} %)")
+                 f"found, median {overall['lesion_nn_ratio_median']:.2f} (real lesions: {100 * m['real_lesions_flagged']:.1f} % flagged, "
+                 f"median {m['real_lesion_median_ratio']:.2f})")
     return text
 
 
@@ -185,8 +188,9 @@ def format_synthesis_report(report: dict) -> str:
     ratio = f" (synthetic / real: {report['macro_fidelity'] / real_acc:.2f})" if real_acc else ""
     lines = [
         "| subtype | synthetic images | class fidelity % | judge recall on real test % | judge on real / autoencoded real "
-        "training images % | otherwise taken for % | sketch Dice (chance) | FID vs real | near-copies: image / lesion |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "training images % | otherwise taken for % | sketch Dice (chance) | FID vs real | near-copies: image / lesion | "
+        "median relative distance to the nearest real: image / lesion |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, v in report["per_class"].items():
         others = sorted(((f, n) for n, f in v.get("taken_for", {}).items() if n != name), reverse=True)
@@ -195,7 +199,8 @@ def format_synthesis_report(report: dict) -> str:
             f"{pct(v.get('real_accuracy'))} / {pct(v.get('reconstruction_accuracy'))} | "
             f"{', '.join(f'{n} {pct(f)}' for f, n in others[:2]) or '-'} | "
             f"{num(v['sketch_dice'])} ({num(v.get('sketch_dice_chance'))}) | {num(v['fid'])} | "
-            f"{v.get('near_copies', 'n/a')} / {v.get('lesion_near_copies', 'n/a')} |"
+            f"{v.get('near_copies', 'n/a')} / {v.get('lesion_near_copies', 'n/a')} | "
+            f"{num(v.get('nn_ratio_median'))} / {num(v.get('lesion_nn_ratio_median'))} |"
         )
     lines += [
         "",

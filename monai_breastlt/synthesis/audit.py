@@ -167,6 +167,7 @@ class PoolAuditor:
         syn_lab = torch.tensor([int(i["label"]) for i in pool])
         real_lab = torch.tensor([int(i["label"]) for i in real])
         nanmean = lambda v: float(np.nanmean(v.numpy())) if not torch.isnan(v).all() else float("nan")  # noqa: E731
+        nanmedian = lambda v: float(np.nanmedian(v.numpy())) if not torch.isnan(v).all() else float("nan")  # noqa: E731
         probs = torch.softmax(syn_logits, 1)
         pred_lab = probs.argmax(1)
         correct = pred_lab == syn_lab
@@ -207,6 +208,9 @@ class PoolAuditor:
                 "sketch_dice_chance": nanmean(chance),
                 "near_copies": int(near.sum()),
                 "lesion_near_copies": int(lesion_near.sum()),
+                # graded, not only flagged: real images sit near 1 against other patients (memorization.real_median_ratio)
+                "nn_ratio_median": nanmedian(mem["image_ratio"]),
+                "lesion_nn_ratio_median": nanmedian(lesion_ratio),
                 "lesions_found": int((~torch.isnan(lesion_d)).sum()),
                 "memorization": self.memorization.baseline(),  # the rule on the real images: its false-alarm rate
                 **self._distances(syn_feat, real_feat),
@@ -234,6 +238,8 @@ class PoolAuditor:
                 "sketch_dice_chance": nanmean(chance[sel]),
                 "near_copies": int(near[sel].sum()),
                 "lesion_near_copies": int(lesion_near[sel].sum()),
+                "nn_ratio_median": nanmedian(mem["image_ratio"][sel]),
+                "lesion_nn_ratio_median": nanmedian(lesion_ratio[sel]),
                 "taken_for": {n: float(taken[c, k] / taken[c].sum()) for k, n in enumerate(self.classes) if taken[c, k]},
                 **self._distances(syn_feat[sel], real_feat[rsel]),
             }
