@@ -145,3 +145,14 @@ def test_audit_flags_a_copied_lesion_on_a_new_background(tmp_path):
     fresh = auditor.audit([{**n, "id": f"n{k}"} for k, n in enumerate(novel)], real)["overall"]
     assert fresh["lesions_found"] == len(novel) and fresh["lesion_near_copies"] == 0 and fresh["near_copies"] == 0
     assert o["lesion_nn_ratio_median"] < 0.5 < 0.8 < fresh["lesion_nn_ratio_median"]  # graded as well as flagged
+
+
+def test_audit_without_real_masks_compares_whole_images_only(tiny_phantom):
+    """No real mask: nothing locates real lesions and the perception net's contour channel learnt nothing."""
+    real, classes = load_datalist(tiny_phantom, "training")
+    unmasked = [{k: v for k, v in r.items() if k != "mask"} for r in real]
+    pool = [{**r, "id": f"c{k}"} for k, r in enumerate(unmasked[:4])]
+    rep = PoolAuditor(_classifier(), classes, SketchPerceptionNet(features=(4, 4, 8, 8, 16, 4)), image_size=32).audit(pool, unmasked)
+    o = rep["overall"]
+    assert o["near_copies"] == 4 and o["lesions_found"] == 0 and o["lesion_near_copies"] == 0
+    assert "real_lesions_flagged" not in o["memorization"] and all(i["nearest_real_lesion"] is None for i in rep["images"])

@@ -47,7 +47,8 @@ class PoolAuditor:
       training image of each synthetic image, and the nearest real *lesion* (a copied lesion on a new background),
       both compared despeckled; a nearest real image (lesion) closer than ``near_copy_factor`` times the mean
       distance to the next real images (lesions) of other patients flags a near-copy. Lesions are located by an entry's ``mask`` where it has one
-      (real images usually; generated ones never), else by the perception net's contour channel.
+      (real images usually; generated ones never), else by the perception net's contour channel; without any real
+      mask (the contour channel then learnt nothing) only whole images are compared.
 
     With ``out_dir``, :meth:`audit` writes the report, a per-class sample grid and, when images are flagged,
     ``near_copies.png``: the closest flagged images beside the real image and the real lesion they resemble.
@@ -173,7 +174,9 @@ class PoolAuditor:
         correct = pred_lab == syn_lab
         taken = confusion_matrix(syn_lab.tolist(), pred_lab.tolist(), len(self.classes))  # row c: what class c is taken for
         # memorisation: nearest real image and nearest real lesion, against real-to-real distances of other patients
-        real_maps = self._lesion_maps(real_img, real_masks)
+        # without any real mask there is nothing to locate real lesions with, and the perception net's contour channel
+        # (trained only where masks exist) has learnt nothing: no lesion check then
+        real_maps = self._lesion_maps(real_img, real_masks) if any(m is not None for m in real_masks) else None
         syn_maps = self._lesion_maps(syn_img, syn_masks) if real_maps is not None else None
         self.memorization.fit(real_img, real_maps, [i.get("group", i["image"]) for i in real])
         mem = self.memorization.query(syn_img, syn_maps)
