@@ -112,3 +112,13 @@ def test_bad_input_is_refused(phantoms):
         NearestRealCheck().fit(images, torch.zeros_like(masks), groups)
     with pytest.raises(RuntimeError, match="fit"):
         NearestRealCheck().query(images)
+
+
+def test_queries_in_chunks_give_the_same_answer(phantoms):
+    (images, masks, groups), (novel, novel_masks, _) = phantoms
+    whole = NearestRealCheck().fit(images, masks, groups)
+    chunked = NearestRealCheck().fit(images, masks, groups)
+    chunked.chunk = 5  # far fewer queries per distance matrix than there are images
+    a, b = whole.query(_smooth(novel), novel_masks), chunked.query(_smooth(novel), novel_masks)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) or torch.allclose(a[k], b[k], equal_nan=True) for k in a)
+    assert whole.baseline() == pytest.approx(chunked.baseline())

@@ -128,6 +128,19 @@ class NearestRealCheck:
         nan = torch.full((len(offsets), self.lesion_grid**2), float("nan"))
         return torch.stack([nan if b is None else torch.stack([self._crop(img, b, dy, dx) for dy, dx in offsets]) for img, b in zip(smooth, boxes)])
 
+    chunk = 256  # queries per distance matrix: (chunk * tries) x references floats at a time, whatever the pool size
+
+    @staticmethod
+    def _distances(query: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+        """``(N, M)``: the distance of each query (its closest try) to each reference; ``inf`` where either is missing."""
+        n, s, d = query.shape
+        ref = ref[:, 0]
+        dist = torch.cdist(torch.nan_to_num(query.reshape(n * s, d), nan=0.0), torch.nan_to_num(ref, nan=0.0)).reshape(n, s, -1)
+        dist[torch.isnan(query).any(2)] = float("inf")  # tries that left the image, images without a lesion
+        dist = dist.amin(1)
+        dist[:, torch.isnan(ref).any(1)] = float("inf")
+        return dist
+
     def _relative(self, query: torch.Tensor, ref: torch.Tensor, query_groups: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Nearest reference of each query (closest of its ``S`` tries), and the relative distance.
 
@@ -136,12 +149,7 @@ class NearestRealCheck:
             ref: ``(M, 1, D)`` (NaN rows: no lesion there).
             query_groups: patient codes of the queries when they are real images themselves (their patient is left out).
         """
-        n, s, d = query.shape
-        ref = ref[:, 0]
-        dist = torch.cdist(torch.nan_to_num(query.reshape(n * s, d), nan=0.0), torch.nan_to_num(ref, nan=0.0)).reshape(n, s, -1)
-        dist[torch.isnan(query).any(2)] = float("inf")  # tries that left the image, images without a lesion
-        dist = dist.amin(1)
-        dist[:, torch.isnan(ref).any(1)] = float("inf")
+        dist = torch.cat([self._distances(query[b : b + self.chunk], ref) for b in range(0, len(query), self.chunk)])
         if query_groups is not None:
             dist[query_groups[:, None] == self.groups[None, :]] = float("inf")
         nearest, idx = dist.min(1)
