@@ -72,7 +72,7 @@ def run_demo(args: argparse.Namespace) -> int:
     print(
         f"\nsynthetic pool audit ({audit['n']} images): class fidelity {100 * audit['fidelity']:.1f} %, sketch Dice "
         f"{audit['sketch_dice']:.2f}, FID {audit['fid']:.2f} (real vs real {audit['real_vs_real']['fid']:.2f}), "
-        f"near-copies {audit['near_copies']}"
+        f"near-copies of real images {audit['near_copies']}, of real lesions {audit.get('lesion_near_copies', 'n/a')}"
     )
     print(f"\nfinished in {time.time() - start:.0f} s")
     print(f"MLflow store : mlflow ui --backend-store-uri {tracking_uri}")
