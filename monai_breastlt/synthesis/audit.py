@@ -46,9 +46,9 @@ class PoolAuditor:
     - **memorisation** (:py:class:`~monai_breastlt.synthesis.memorization.NearestRealCheck`): the nearest real
       training image of each synthetic image, and the nearest real *lesion* (a copied lesion on a new background),
       both compared despeckled; a nearest real image (lesion) closer than ``near_copy_factor`` times the mean
-      distance to the next real images (lesions) of other patients flags a near-copy. Lesions are located by an entry's ``mask`` where it has one
-      (real images usually; generated ones never), else by the perception net's contour channel; without any real
-      mask (the contour channel then learnt nothing) only whole images are compared.
+      distance to the next real images (lesions) of other patients flags a near-copy. Lesions are located by an
+      entry's ``mask`` where it has one (real images usually; generated ones never), else by the perception net's
+      contour channel; without any real mask (the contour channel then learnt nothing) only whole images are compared.
 
     With ``out_dir``, :meth:`audit` writes the report, a per-class sample grid and, when images are flagged,
     ``near_copies.png``: the closest flagged images beside the real image and the real lesion they resemble.
@@ -61,7 +61,8 @@ class PoolAuditor:
         perception: the trained ``SketchPerceptionNet`` (``None``: no adherence check).
         classes: class names in label order.
         image_size: the size the classifier expects.
-        near_copy_factor: memorisation threshold on the relative distance (nearest real / the nearest of other patients).
+        near_copy_factor: memorisation threshold on the relative distance: the distance to the nearest real image over
+            the mean distance to the next 3 real images of other patients.
         sketch_threshold: binarisation threshold of the sketches.
         batch_size: images per forward pass.
         device: torch device.
