@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -88,7 +88,7 @@ class PoolAuditor:
         self.classifier = classifier.eval().to(self.device)
         self.perception = perception.eval().to(self.device) if perception is not None else None
         self.classes = list(classes)
-        self.image_size, self.near_copy_factor, self.sketch_threshold = image_size, near_copy_factor, sketch_threshold
+        self.image_size, self.sketch_threshold = image_size, sketch_threshold
         self.batch_size = batch_size
         self.preprocess = ultrasound_preprocessing(image_size, mask_key="mask")
         self.memorization = NearestRealCheck(factor=near_copy_factor)
@@ -101,19 +101,18 @@ class PoolAuditor:
         return torch.stack([o["image"] for o in out]), [(o["mask"] > 0).float() if "mask" in o else None for o in out]
 
     @torch.no_grad()
-    def _contours(self, images: torch.Tensor) -> torch.Tensor:
-        assert self.perception is not None
-        return torch.cat([self.perception.predict_contour(images[b : b + self.batch_size].to(self.device)).cpu() for b in range(0, len(images), self.batch_size)])
+    def _batched(self, predict: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor) -> torch.Tensor:
+        """``predict`` (a perception-net method) over ``images`` in batches, on the auditor's device."""
+        return torch.cat([predict(images[b : b + self.batch_size].to(self.device)).cpu() for b in range(0, len(images), self.batch_size)])
 
-    def _lesion_maps(self, images: torch.Tensor, masks: Sequence[torch.Tensor | None] | None = None) -> torch.Tensor | None:
+    def _lesion_maps(self, images: torch.Tensor, masks: Sequence[torch.Tensor | None]) -> torch.Tensor | None:
         """Masks where given, else the perception net's lesion contours; ``None`` when neither is available."""
-        masks = list(masks) if masks is not None else [None] * len(images)
         missing = [k for k, m in enumerate(masks) if m is None]
         if missing and self.perception is None:
             return None
         maps = torch.zeros_like(images)
         if missing:
-            maps[missing] = self._contours(images[missing])
+            maps[missing] = self._batched(self.perception.predict_contour, images[missing])
         for k, m in enumerate(masks):
             if m is not None:
                 maps[k] = m
@@ -192,7 +191,7 @@ class PoolAuditor:
             if has:
                 cond = torch.stack([self.load_sketch(pool[k]["sketch"]) for k in has]).float()
                 cond = F.interpolate(cond / cond.amax().clamp_min(1), size=syn_img.shape[-2:], mode="bilinear")
-                pred = torch.cat([self.perception.predict_sketch(syn_img[k : k + self.batch_size].to(self.device)).cpu() for k in range(0, len(syn_img), self.batch_size)])
+                pred = self._batched(self.perception.predict_sketch, syn_img)
                 cond_bin, pred_bin = (cond > self.sketch_threshold).float(), (pred[has] > self.sketch_threshold).float()
                 adherence[has] = _dice(cond_bin, pred_bin)
                 if len(has) > 1:  # each sketch against another generated image (half the pool away: another source)
