@@ -6,6 +6,7 @@ from conftest import tiny_ldm
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 
 from monai_breastlt.inferers import ClassSketchLatentDiffusionInferer, drop_class_labels
+from monai_breastlt.networks import RespacedDDPMScheduler
 
 
 @pytest.fixture(scope="module")
@@ -45,12 +46,19 @@ def test_class_sketch_cfg_and_determinism(setup):
 
 
 def test_ddpm_seeded_and_differs_from_ddim(setup):
-    kw = dict(scheduler=DDPMScheduler(100, clip_sample=False), num_inference_steps=5)
+    kw = dict(scheduler=RespacedDDPMScheduler(100, clip_sample=False), num_inference_steps=5)
     a = _sample(setup, generator=torch.Generator().manual_seed(4), **kw)
     b = _sample(setup, generator=torch.Generator().manual_seed(4), **kw)
     c = _sample(setup, generator=torch.Generator().manual_seed(5), **kw)
     assert torch.equal(a, b) and not torch.allclose(a, c)
     assert not torch.allclose(a, _sample(setup, scheduler=DDIMScheduler(100, clip_sample=False), num_inference_steps=5))
+
+
+def test_truncated_monai_ddpm_is_refused(setup):
+    """MONAI's DDPMScheduler with fewer steps than training ends at high noise: a clear error, not noisy images."""
+    with pytest.raises(ValueError, match="RespacedDDPMScheduler"):
+        _sample(setup, scheduler=DDPMScheduler(100, clip_sample=False), num_inference_steps=5)
+    _sample(setup, scheduler=DDPMScheduler(10, clip_sample=False), num_inference_steps=10)  # every training step: a valid chain
 
 
 def test_guidance_interval(setup):

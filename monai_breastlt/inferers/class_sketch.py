@@ -9,6 +9,7 @@ from monai.networks.schedulers import Scheduler
 from monai.utils import optional_import
 
 from monai_breastlt.networks.ldm import prediction_type
+from monai_breastlt.networks.schedulers import is_truncated_ddpm
 
 tqdm, has_tqdm = optional_import("tqdm", name="tqdm")
 
@@ -32,7 +33,8 @@ class ClassSketchLatentDiffusionInferer(Inferer):
     latent grid (see :func:`monai_breastlt.networks.matched_conditioning_channels`), so it is not resized here.
 
     Args:
-        scheduler: a MONAI scheduler (``DDPMScheduler``, ``DDIMScheduler``...).
+        scheduler: a MONAI scheduler (``DDIMScheduler``...); for DDPM with fewer steps than training,
+            :class:`~monai_breastlt.networks.RespacedDDPMScheduler` (MONAI's ``DDPMScheduler`` then ends at high noise).
         scale_factor: latent scale (``1 / std`` of the latents); ``SketchConditionedLDM`` keeps its own.
         guidance_scale: classifier-free guidance scale at sampling (1: no guidance).
         conditioning_scale: ControlNet residual scale (0: sketch ignored).
@@ -176,6 +178,11 @@ class ClassSketchLatentDiffusionInferer(Inferer):
         scheduler = scheduler or self.scheduler
         if num_inference_steps is not None:
             scheduler.set_timesteps(num_inference_steps, device=input_noise.device)
+        if is_truncated_ddpm(scheduler):
+            raise ValueError(
+                f"MONAI's DDPMScheduler set to {len(scheduler.timesteps)} of {scheduler.num_train_timesteps} steps still steps t -> t-1 "
+                "and returns noise: use monai_breastlt.networks.RespacedDDPMScheduler, a DDIMScheduler, or every step."
+            )
         gs = self.guidance_scale if guidance_scale is None else guidance_scale
         cs = self.conditioning_scale if conditioning_scale is None else conditioning_scale
         cfg = gs != 1.0

@@ -8,7 +8,9 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 from monai.networks.nets import AutoencoderKL, ControlNet, DiffusionModelUNet
-from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, Scheduler
+from monai.networks.schedulers import DDIMScheduler, Scheduler
+
+from monai_breastlt.networks.schedulers import RespacedDDPMScheduler
 
 __all__ = ["SketchConditionedLDM", "matched_conditioning_channels", "prediction_type", "DEFAULT_NOISE_SCHEDULE"]
 
@@ -154,10 +156,11 @@ class SketchConditionedLDM(nn.Module):
         return model
 
     def make_scheduler(self, kind: str = "ddpm", num_inference_steps: int | None = None) -> Scheduler:
-        """A MONAI DDPM or DDIM scheduler with this model's noise schedule."""
+        """A DDPM (:class:`RespacedDDPMScheduler`: MONAI's, able to take fewer steps) or MONAI DDIM scheduler with this
+        model's noise schedule."""
         if kind not in ("ddpm", "ddim"):
             raise ValueError(f"kind must be 'ddpm' or 'ddim', got '{kind}'.")
-        sched = (DDPMScheduler if kind == "ddpm" else DDIMScheduler)(clip_sample=False, **self.noise_schedule)
+        sched = (RespacedDDPMScheduler if kind == "ddpm" else DDIMScheduler)(clip_sample=False, **self.noise_schedule)
         if num_inference_steps is not None:
             sched.set_timesteps(num_inference_steps)
         return sched
