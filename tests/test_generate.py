@@ -119,3 +119,19 @@ def test_pool_records_its_sampling_settings(tiny_phantom, tmp_path):
     assert json.loads(every.read_text())["generator"]["guidance_interval"] is None
     a, b = (np.asarray(Image.open(i["image"]), int) for i in (load_datalist(every)[0][0], load_datalist(late)[0][0]))
     assert np.abs(a - b).max() > 1
+
+
+def test_resume_with_other_settings_is_refused(tiny_phantom, tmp_path):
+    """Resuming a pool with another sampler (or guidance...) would mix two pools: refused, naming the file and the
+    changed setting; the same settings resume, and an older manifest's unrecorded settings are not compared."""
+    sources = [{"image": s["image"], "label": s["label"]} for s in load_datalist(tiny_phantom, "training")[0]]
+    manifest = _generator(tiny_phantom, tmp_path / "p", sampler="ddim").run([1, 0, 0, 0, 0, 0], sources)
+    with pytest.raises(ValueError, match=r"pool\.json.*sampler 'ddim' -> 'ddpm'"):
+        _generator(tiny_phantom, tmp_path / "p", sampler="ddpm").run([2, 0, 0, 0, 0, 0], sources)
+    with pytest.raises(ValueError, match="guidance_scale 2.0 -> 4.0"):
+        _generator(tiny_phantom, tmp_path / "p", sampler="ddim", guidance_scale=4.0).run([2, 0, 0, 0, 0, 0], sources)
+    assert len(load_datalist(_generator(tiny_phantom, tmp_path / "p", sampler="ddim").run([2, 0, 0, 0, 0, 0], sources))[0]) == 2
+    doc = json.loads(manifest.read_text())
+    doc["generator"] = {k: v for k, v in doc["generator"].items() if k not in ("perturb", "cross_class_sketches")}  # an older manifest
+    manifest.write_text(json.dumps(doc))
+    assert len(load_datalist(_generator(tiny_phantom, tmp_path / "p", sampler="ddim", perturb=0.0).run([3, 0, 0, 0, 0, 0], sources))[0]) == 3

@@ -122,13 +122,30 @@ class SyntheticPoolGenerator:
         """The fixed id of the ``k``-th synthetic image of class ``label``."""
         return f"{self.classes[label]}_{k:05d}"
 
+    def settings(self) -> dict:
+        """What decides the images, recorded in the manifest as ``generator``."""
+        return {"seed": self.seed, "steps": self.steps, "sampler": self.sampler, "guidance_scale": self.guidance_scale,
+                "guidance_interval": list(self.guidance_interval) if self.guidance_interval is not None else None,
+                "conditioning_scale": self.conditioning_scale, "perturb": self.perturb, "cross_class_sketches": self.cross_class}
+
     def existing(self) -> list[dict]:
-        """Manifest entries whose image and sketch files are still there."""
+        """Manifest entries whose image and sketch files are still there.
+
+        Raises:
+            ValueError: the manifest holds other classes, or was generated with other settings (resuming would mix
+                two pools; a setting that an older manifest did not record is not compared).
+        """
         if not self.manifest.is_file():
             return []
         doc = load_datalist_file(self.manifest)
         if doc["classes"] != self.classes:
             raise ValueError(f"{self.manifest}: pool classes {doc['classes']} differ from {self.classes}.")
+        recorded, now = doc.get("generator") or {}, self.settings()
+        differ = {k: (recorded[k], now[k]) for k in recorded.keys() & now.keys() if recorded[k] != now[k]}
+        if differ:
+            changes = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in sorted(differ.items()))
+            raise ValueError(f"{self.manifest}: the pool was generated with other settings ({changes}); resuming would mix two pools: "
+                             "give another out_dir, or remove the pool to start again.")
         kept = [i for i in doc.get("training", []) if os.path.isfile(i["image"]) and os.path.isfile(i.get("sketch", ""))]
         if len(kept) < len(doc.get("training", [])):
             logger.warning("%s: %d entries point at missing files; they will be generated again.", self.manifest, len(doc["training"]) - len(kept))
@@ -200,12 +217,11 @@ class SyntheticPoolGenerator:
                      "class_name": self.classes[j["label"]], "source": "synthetic", "seed": j["seed"], "sketch_from": j["source"],
                      PRESCALED_KEY: True}  # written in the model's [0, 1] space: loaders must not stretch it again
                 )
-            write_datalist(self.manifest, {"training": entries}, self.classes, generator={"seed": self.seed, "steps": self.steps, "sampler": self.sampler,
-                           "guidance_scale": self.guidance_scale, "guidance_interval": self.guidance_interval, "conditioning_scale": self.conditioning_scale})
+            write_datalist(self.manifest, {"training": entries}, self.classes, generator=self.settings())
             if verbose:
                 logger.info("generated %d/%d images", b + len(batch), len(jobs))
         if not self.manifest.is_file():  # nothing to do and nothing written yet: an empty pool is still a pool
-            write_datalist(self.manifest, {"training": entries}, self.classes)
+            write_datalist(self.manifest, {"training": entries}, self.classes, generator=self.settings())
         validate_items(entries, self.classes, str(self.manifest), check_files=True)
         if entries:
             by_class: dict[str, list] = {}
