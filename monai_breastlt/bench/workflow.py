@@ -11,7 +11,7 @@ from pathlib import Path
 import monai_breastlt
 from monai_breastlt.utils import atomic_write_json, read_json
 
-__all__ = ["check_overrides", "default_bundles_dir", "find_bundles", "run_bundle", "train_synthesis", "TINY_NETS"]
+__all__ = ["check_overrides", "default_bundles_dir", "find_bundles", "ldm_def_from_checkpoint", "run_bundle", "train_synthesis", "TINY_NETS"]
 
 # tiny synthesis networks for tests and smoke runs (bundle overrides)
 TINY_NETS = {
@@ -33,6 +33,22 @@ def find_bundles(bundles_dir: str | os.PathLike | None = None) -> tuple[Path, Pa
         if not (b / "configs" / "metadata.json").is_file():
             raise FileNotFoundError(f"{b}: bundle not found; pass --bundles (the repository's bundles/ folder).")
     return syn, cls
+
+
+def ldm_def_from_checkpoint(path: str | os.PathLike) -> dict:
+    """The synthesis bundle's ``ldm_def`` for a saved ``SketchConditionedLDM`` (its architecture travels in the state
+    dict), so a bundle run on trained models needs no network overrides.
+
+    Raises:
+        FileNotFoundError: no checkpoint at ``path``.
+        ValueError: ``path`` was not saved from a ``SketchConditionedLDM``.
+    """
+    from monai_breastlt.utils import torch_load_safe
+
+    config = (torch_load_safe(path).get("_extra_state") or {}).get("config")
+    if config is None:
+        raise ValueError(f"{path}: no '_extra_state.config': not saved from a SketchConditionedLDM.")
+    return {"_target_": "monai_breastlt.networks.SketchConditionedLDM", **config}
 
 
 def check_overrides(config_files: list[str], overrides: Mapping, extra_keys: Sequence[str] = ()) -> None:

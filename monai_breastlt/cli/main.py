@@ -8,9 +8,11 @@ import sys
 from collections.abc import Sequence
 
 from monai_breastlt import __version__
+from monai_breastlt.utils import root_cause
 from monai_breastlt.cli import bench as bench_cmds
 from monai_breastlt.cli import data as data_cmds
 from monai_breastlt.cli import demo as demo_cmds
+from monai_breastlt.cli import synthesis as synthesis_cmds
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"monai-breastlt {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="command")
     data_cmds.add_parsers(sub)
+    synthesis_cmds.add_parsers(sub)
     demo_cmds.add_parsers(sub)
     bench_cmds.add_parsers(sub)
     return parser
@@ -36,6 +39,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError) as e:  # bad input: one clear line, no traceback
-        print(f"error: {e}", file=sys.stderr)
+    except Exception as e:
+        cause = root_cause(e)  # a bundle run wraps the informative error in "Failed to evaluate ..."
+        if not isinstance(cause, (ValueError, FileNotFoundError, KeyError)):
+            raise
+        print(f"error: {cause}", file=sys.stderr)  # bad input: one clear line, no traceback
         return 2

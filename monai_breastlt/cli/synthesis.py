@@ -1,0 +1,107 @@
+"""``generate`` and ``audit``: a synthetic pool from trained phase-1 models, and its audit, through the synthesis bundle.
+
+Both run the bundle's ``inference.yaml`` / ``audit.yaml`` (what ``python -m monai.bundle run`` runs), so the command
+and the bundle give the same pool and the same report. A setting left out keeps the bundle config's default.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from monai_breastlt.utils import read_json
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    g = sub.add_parser("generate", help="generate a synthetic pool with trained phase-1 models (resumable)",
+                       description="Sketches come from the perception net on the data's unannotated training images; "
+                       "settings left out keep the synthesis bundle's inference.yaml defaults.")
+    g.add_argument("data", help="data folder holding datalist.json (the split the models were trained on)")
+    g.add_argument("--models", required=True, help="folder holding ldm.pt and perception.pt (the synthesis bundle's models/)")
+    g.add_argument("--pool", default=None, help="pool folder (default: DATA/pool); re-running resumes it")
+    g.add_argument("--target-mode", default=None, choices=["fill", "up_to", "each"], help="fill: up to the largest class")
+    g.add_argument("--target-n", type=int, default=None, help="N of up_to / each")
+    g.add_argument("--sampler", default=None, choices=["ddim", "ddpm"], help="ddpm: ancestral, respaced to --steps")
+    g.add_argument("--steps", type=int, default=None, help="sampling steps")
+    g.add_argument("--guidance-scale", type=float, default=None, help="classifier-free guidance (1: none)")
+    g.add_argument("--guidance-interval", type=int, nargs=2, default=None, metavar=("T_LOW", "T_HIGH"), help="guide only these timesteps")
+    g.add_argument("--conditioning-scale", type=float, default=None, help="ControlNet (sketch) scale")
+    g.add_argument("--perturb", type=float, default=None, help="sketch perturbation probability")
+    g.add_argument("--image-size", type=int, default=None, help="the models' training image side")
+    g.add_argument("--batch-size", type=int, default=None)
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--bundles", default=None, help="folder holding the two bundles (default: next to the package)")
+    g.set_defaults(func=run_generate)
+
+    a = sub.add_parser("audit", help="audit a synthetic pool: class fidelity, sketch Dice, FID/MMD, near-copies of real images")
+    a.add_argument("pool", help="pool manifest (POOL/pool.json) or its folder")
+    a.add_argument("--real", required=True, help="datalist JSON (or its folder) whose training images the pool is compared with")
+    a.add_argument("--classifier", required=True, help="a classifier trained on real data only (the classification bundle's models/model.pt)")
+    a.add_argument("--models", required=True, help="folder holding perception.pt, and ldm.pt for the autoencoder figures")
+    a.add_argument("--out", default=None, help="report folder (default: POOL/audit)")
+    a.add_argument("--filter", action="store_true", help="also write POOL/pool_filtered.json without near-copies and low-fidelity images")
+    a.add_argument("--min-class-prob", type=float, default=None, help="with --filter: the classifier's least probability of the image's class")
+    a.add_argument("--no-autoencoder", action="store_true", help="skip the classifier on autoencoded real images (needs ldm.pt)")
+    a.add_argument("--image-size", type=int, default=None, help="the models' training image side")
+    a.add_argument("--batch-size", type=int, default=None)
+    a.add_argument("--bundles", default=None, help="folder holding the two bundles (default: next to the package)")
+    a.set_defaults(func=run_audit)
+
+
+def _given(args: argparse.Namespace, names: dict[str, str]) -> dict:
+    """Bundle overrides for the options given (argument name -> config key)."""
+    return {key: getattr(args, name) for name, key in names.items() if getattr(args, name) is not None}
+
+
+def _datalist(path: str) -> Path:
+    p = Path(path)
+    return p / "datalist.json" if p.is_dir() else p
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from monai_breastlt.bench.workflow import find_bundles, ldm_def_from_checkpoint, run_bundle
+
+    syn, _ = find_bundles(args.bundles)
+    models = Path(args.models)
+    if not (Path(args.data) / "datalist.json").is_file():
+        raise FileNotFoundError(f"{Path(args.data) / 'datalist.json'}: no datalist (write one with `split` or `phantom`).")
+    pool = Path(args.pool) if args.pool else Path(args.data) / "pool"
+    overrides = {"dataset_dir": str(args.data), "ckpt_dir": str(models), "pool_dir": str(pool),
+                 "ldm_def": ldm_def_from_checkpoint(models / "ldm.pt"),
+                 **_given(args, {"target_mode": "target_mode", "target_n": "target_n", "sampler": "sampler", "steps": "num_inference_steps",
+                                 "guidance_scale": "guidance_scale", "guidance_interval": "guidance_interval",
+                                 "conditioning_scale": "conditioning_scale", "perturb": "perturb", "image_size": "image_size",
+                                 "batch_size": "batch_size", "seed": "seed"})}
+    run_bundle(syn, ["common.yaml", "inference.yaml"], workflow_type="infer", **overrides)
+    doc = read_json(pool / "pool.json")
+    print(f"pool: {len(doc['training'])} images in {pool} (manifest pool.json, sample_grid.png)")
+    return 0
+
+
+def run_audit(args: argparse.Namespace) -> int:
+    from monai_breastlt.bench.workflow import find_bundles, ldm_def_from_checkpoint, run_bundle
+
+    syn, _ = find_bundles(args.bundles)
+    manifest = Path(args.pool) / "pool.json" if Path(args.pool).is_dir() else Path(args.pool)
+    real = _datalist(args.real)
+    for path, what in ((manifest, "pool manifest"), (real, "real datalist")):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: {what} not found.")
+    models = Path(args.models)
+    out = Path(args.out) if args.out else manifest.parent / "audit"
+    overrides = {"dataset_dir": str(real.parent), "datalist": str(real), "ckpt_dir": str(models), "classifier_ckpt": str(args.classifier),
+                 "pool_manifest": str(manifest), "audit_dir": str(out), "filter": args.filter,
+                 "filtered_manifest": str(manifest.parent / "pool_filtered.json"), "use_autoencoder": not args.no_autoencoder,
+                 **_given(args, {"min_class_prob": "min_class_prob", "image_size": "image_size", "batch_size": "batch_size"})}
+    if not args.no_autoencoder:
+        overrides["ldm_def"] = ldm_def_from_checkpoint(models / "ldm.pt")
+    run_bundle(syn, ["common.yaml", "audit.yaml"], workflow_type="infer", **overrides)
+    report = read_json(out / "audit_report.json")
+    o = report["overall"]
+    print(f"audit of {o['n']} images: class fidelity {100 * o['fidelity']:.1f} %, sketch Dice {o['sketch_dice']:.2f} "
+          f"(chance {o['sketch_dice_chance']:.2f}), FID {o['fid']:.2f} (real vs real {o['real_vs_real']['fid']:.2f}), "
+          f"near-copies {o['near_copies']} images / {o['lesion_near_copies']} lesions")
+    print(f"report: {out / 'audit_report.json'} (per class), {out / 'audit_grid.png'}")
+    if args.filter:
+        print(f"filtered pool: {len(read_json(manifest.parent / 'pool_filtered.json')['training'])} images in {manifest.parent / 'pool_filtered.json'}")
+    return 0
