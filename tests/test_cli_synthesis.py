@@ -36,6 +36,12 @@ def test_generate_then_audit(tiny_phantom, models, tmp_path, capsys):
     assert len(json.loads((pool / "pool.json").read_text())["training"]) == 12
     assert main(gen[:-2] + ["--seed", "4"]) == 2  # another seed would mix two pools
     assert "seed 3 -> 4" in capsys.readouterr().err
+    other = tmp_path / "cross"
+    assert main(gen[:5] + [str(other)] + gen[6:] + ["--cross-class-sketches"]) == 0
+    cross = json.loads((other / "pool.json").read_text())
+    assert cross["generator"]["cross_class_sketches"] is True
+    # sketches of another class's images: some image's sketch source lies in another class's folder
+    assert any(f"/{e['class_name']}/" not in e["sketch_from"] for e in cross["training"])
 
     audit = ["audit", str(pool), "--real", data, "--classifier", str(models / "classifier.pt"), "--models", str(models),
              "--image-size", "32", "--filter", "--min-class-prob", "0.0"]

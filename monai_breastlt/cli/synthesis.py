@@ -27,6 +27,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--guidance-interval", type=int, nargs=2, default=None, metavar=("T_LOW", "T_HIGH"), help="guide only these timesteps")
     g.add_argument("--conditioning-scale", type=float, default=None, help="ControlNet (sketch) scale")
     g.add_argument("--perturb", type=float, default=None, help="sketch perturbation probability")
+    g.add_argument("--cross-class-sketches", action="store_const", const=True, default=None,
+                   help="take sketches from images of every class, not only the generated one")
     g.add_argument("--image-size", type=int, default=None, help="the models' training image side")
     g.add_argument("--batch-size", type=int, default=None)
     g.add_argument("--seed", type=int, default=None)
@@ -70,7 +72,8 @@ def run_generate(args: argparse.Namespace) -> int:
                  "ldm_def": ldm_def_from_checkpoint(models / "ldm.pt"),
                  **_given(args, {"target_mode": "target_mode", "target_n": "target_n", "sampler": "sampler", "steps": "num_inference_steps",
                                  "guidance_scale": "guidance_scale", "guidance_interval": "guidance_interval",
-                                 "conditioning_scale": "conditioning_scale", "perturb": "perturb", "image_size": "image_size",
+                                 "conditioning_scale": "conditioning_scale", "perturb": "perturb",
+                                 "cross_class_sketches": "cross_class_sketches", "image_size": "image_size",
                                  "batch_size": "batch_size", "seed": "seed"})}
     run_bundle(syn, ["common.yaml", "inference.yaml"], workflow_type="infer", **overrides)
     doc = read_json(pool / "pool.json")
