@@ -40,7 +40,10 @@ def test_tiny_phantom_judge_learns_from_an_independent_balanced_phantom(tmp_path
     monkeypatch.setattr(bench_synthesis, "run_bundle", lambda b, c, *a, **kw: calls.append((b.name, c, kw)) or real_run(b, c, *a, **kw))
     report = benchmark_synthesis(tmp_path, "tiny", target_mode="each", target_n=2, log=lambda m: None)
     judge_train = [kw for b, c, kw in calls if b == "breastlt_classification" and c == ["train.yaml"]]
-    assert [kw["smooth_prob"] for kw in judge_train] == [report["settings"]["judge_smooth_prob"]]  # the blur-trained judge
+    assert [kw["smooth_prob"] for kw in judge_train] == [report["settings"]["judge_smooth_prob"]] * 2  # blur-trained judges
+    assert [kw["seed"] for kw in judge_train] == [0, 1]  # two judges, two seeds: fidelity is their mean
+    assert len(report["macro_fidelity_judges"]) == 2 and report["macro_fidelity"] == pytest.approx(sum(report["macro_fidelity_judges"]) / 2)
+    assert report["macro_real_accuracy"] == pytest.approx(sum(report["macro_real_accuracy_judges"]) / 2)
     judge = load_datalist_file(tmp_path / "judge_data" / "datalist.json")
     data = load_datalist_file(tmp_path / "data" / "datalist.json")
     everything = judge["training"] + judge["validation"] + judge["test"]
@@ -52,6 +55,8 @@ def test_tiny_phantom_judge_learns_from_an_independent_balanced_phantom(tmp_path
     assert all(sum(v["taken_for"].values()) == pytest.approx(1.0) for v in report["per_class"].values())
     assert 0 <= report["macro_real_accuracy"] <= 1  # the judge on real images of the same subtypes, held out from it
     # the report sets fidelity against what the judge gives real images of the same subtypes
-    text = format_synthesis_report({**report, "macro_fidelity": 0.4, "macro_real_accuracy": 0.5})
-    assert "on real images of the same subtypes (macro): 50.0 % (synthetic / real: 0.80)" in text
+    text = format_synthesis_report({**report, "macro_fidelity": 0.4, "macro_real_accuracy": 0.5, "macro_fidelity_judges": [0.3, 0.5],
+                                    "macro_real_accuracy_judges": [0.4, 0.6]})
+    assert "**40.0 %** (mean of 2 judges: 30.0, 50.0; target >= 80 %)" in text
+    assert "on real images of the same subtypes (macro): 50.0 % (40.0, 60.0) (synthetic / real: 0.80)" in text
     assert "synthetic / real" not in format_synthesis_report({**report, "macro_real_accuracy": None})

@@ -27,6 +27,8 @@ COMPACT_NETS = {"ldm_def#ae_channels": [32, 64, 64], "ldm_def#latent_channels": 
 # judge_count: on the phantom, the audit's judge trains on an independent, class-balanced phantom set of this many
 # images per class (its labels are ground truth), so fidelity measures the generator rather than how few real tail
 # images a judge would otherwise learn from; with --data the judge trains on the real training split.
+# judges: fidelity is the mean over this many judges (seeds seed, seed + 1...): one judge's figure moves by several
+# points with its seed alone.
 # judge_smooth_prob: the judge trains with random Gaussian blur, so it recognises a subtype by its lesion rather than
 # by speckle grain, which every latent diffusion model loses in its autoencoder (the audit reports the judge's
 # accuracy on autoencoded real images to show what is left attainable).
@@ -38,15 +40,15 @@ COMPACT_NETS = {"ldm_def#ae_channels": [32, 64, 64], "ldm_def#latent_channels": 
 # scans 2.5 times as often, which the audit flags (docs/benchmarks.md, session 11).
 SYNTHESIS_PROFILES = {
     "tiny": dict(head_count=16, imbalance_ratio=4, image_size=32, batch_size=8, autoencoder=1, perception=1, unet=1,
-                 controlnet=1, steps=2, sampler="ddpm", guidance_scale=2.0, classifier_epochs=1, epoch_size=None, judge_count=6,
+                 controlnet=1, steps=2, sampler="ddpm", guidance_scale=2.0, classifier_epochs=1, epoch_size=None, judge_count=6, judges=2,
                  nets=TINY_NETS, lr={}, class_balance=0.5, checkpoint_interval=1, judge_smooth_prob=0.5),
     "cpu": dict(head_count=300, imbalance_ratio=50, image_size=64, batch_size=16, autoencoder=15, perception=30, unet=220,
-                controlnet=80, steps=25, sampler="ddpm", guidance_scale=5.0, classifier_epochs=12, epoch_size=None, judge_count=400,
+                controlnet=80, steps=25, sampler="ddpm", guidance_scale=5.0, classifier_epochs=12, epoch_size=None, judge_count=400, judges=3,
                 nets=COMPACT_NETS, lr={"unet": 5e-4, "controlnet": 1e-3}, class_balance=0.5, checkpoint_interval=10,
                 judge_smooth_prob=0.5),
     "gpu": dict(head_count=300, imbalance_ratio=50, image_size=64, batch_size=32, autoencoder=30, perception=30,
                 unet=1500, controlnet=500, steps=100, sampler="ddpm", guidance_scale=3.0, classifier_epochs=30, epoch_size=None,
-                judge_count=1000, nets={}, lr={"controlnet": 1e-3}, class_balance=0.5, checkpoint_interval=10,
+                judge_count=1000, judges=3, nets={}, lr={"controlnet": 1e-3}, class_balance=0.5, checkpoint_interval=10,
                 judge_smooth_prob=0.5),
 }
 
@@ -111,43 +113,58 @@ def benchmark_synthesis(
     lrs = {stage: {"learning_rate": lr} for stage, lr in cfg["lr"].items()}
     times = train_synthesis(syn, common, epochs, generate=generate, log=log, stage_overrides=lrs)
 
-    # the judge: a classifier trained on real images only, with class-balanced sampling so the tail is learnt too
-    judge = out / "classifier"
+    # the judges: classifiers trained on real images only, with class-balanced sampling so the tail is learnt too; a
+    # judge retrained with another seed (or only other floating-point rounding) moves macro fidelity by several points
+    # (docs/benchmarks.md, session 11), so fidelity is the mean over `judges` of them, each with its own seed
     judge_data = data
     if data_source is None:  # the phantom's labels are ground truth: an independent balanced set (another seed)
         judge_data = out / "judge_data"
         if not (judge_data / "datalist.json").is_file():
             n_classes = len(read_json(data / "datalist.json")["classes"])
             generate_phantom(judge_data, image_size=cfg["image_size"], seed=seed + 1000, counts=[cfg["judge_count"]] * n_classes)
-    shared = {"dataset_dir": str(judge_data), "output_dir": str(judge), "image_size": cfg["image_size"], "seed": seed,
-              "pool": str(judge_data / "no_pool.json"), "policy_name": "none", "sampler_target": "balanced",
-              "epoch_size": cfg["epoch_size"], "smooth_prob": cfg["judge_smooth_prob"]}
-    if not (judge / "test_report.json").is_file():
-        log("classification bundle: real-data classifier for the audit")
-        t = time.time()
-        run_bundle(cls, ["train.yaml"], max_epochs=cfg["classifier_epochs"], **shared)
-        run_bundle(cls, ["train.yaml", "evaluate.yaml"], workflow_type="infer", **shared)
-        atomic_write_json({"seconds": time.time() - t}, judge / "train_seconds.json")
-    else:
-        log("classification bundle: real-data classifier already trained, skipped")
-    if (judge / "train_seconds.json").is_file():  # kept across resumes so the total below counts every stage once
-        times["classifier"] = read_json(judge / "train_seconds.json")["seconds"]
+    judges = [out / ("classifier" if k == 0 else f"classifier_{k}") for k in range(cfg["judges"])]
+    times["classifier"] = 0.0
+    for k, judge in enumerate(judges):
+        shared = {"dataset_dir": str(judge_data), "output_dir": str(judge), "image_size": cfg["image_size"], "seed": seed + k,
+                  "pool": str(judge_data / "no_pool.json"), "policy_name": "none", "sampler_target": "balanced",
+                  "epoch_size": cfg["epoch_size"], "smooth_prob": cfg["judge_smooth_prob"]}
+        if not (judge / "test_report.json").is_file():
+            log(f"classification bundle: real-data classifier {k + 1}/{len(judges)} for the audit")
+            t = time.time()
+            run_bundle(cls, ["train.yaml"], max_epochs=cfg["classifier_epochs"], **shared)
+            run_bundle(cls, ["train.yaml", "evaluate.yaml"], workflow_type="infer", **shared)
+            atomic_write_json({"seconds": time.time() - t}, judge / "train_seconds.json")
+        else:
+            log(f"classification bundle: real-data classifier {k + 1}/{len(judges)} already trained, skipped")
+        if (judge / "train_seconds.json").is_file():  # kept across resumes so the total below counts every stage once
+            times["classifier"] += read_json(judge / "train_seconds.json")["seconds"]
     log("synthesis bundle: audit.yaml")
     t = time.time()
-    run_bundle(syn, ["common.yaml", "audit.yaml"], workflow_type="infer", classifier_ckpt=str(judge / "models" / "model.pt"), **common)
+    # the first judge's audit is the report (FID on its features, memorisation...); the others add their fidelity and
+    # their accuracy on real images (which the audit computes with the reconstructions)
+    audits = []
+    for k, judge in enumerate(judges):
+        audit_dir = data / "pool" / ("audit" if k == 0 else f"audit_judge{k}")
+        extra = {} if k == 0 else {"audit_dir": str(audit_dir)}
+        run_bundle(syn, ["common.yaml", "audit.yaml"], workflow_type="infer", classifier_ckpt=str(judge / "models" / "model.pt"), **common, **extra)
+        audits.append(read_json(audit_dir / "audit_report.json"))
     times["audit"] = time.time() - t
-    audit = read_json(data / "pool" / "audit" / "audit_report.json")
-    real = read_json(judge / "test_report.json")
+    audit = audits[0]
+    real = read_json(judges[0] / "test_report.json")
     per_class = {}
     for c, name in enumerate(audit["classes"]):
         a = audit["per_class"].get(name, {})
-        per_class[name] = {"synthetic": a.get("n", 0), "fidelity": a.get("fidelity"), "sketch_dice": a.get("sketch_dice"),
+        each = [x["per_class"].get(name, {}) for x in audits]
+        per_class[name] = {"synthetic": a.get("n", 0), "fidelity": _mean([e.get("fidelity") for e in each]),
+                           "fidelity_judges": [e.get("fidelity") for e in each], "sketch_dice": a.get("sketch_dice"),
                            "sketch_dice_chance": a.get("sketch_dice_chance"), "fid": a.get("fid"),
                            "real_test_recall": real["recall"][c] if real["support"][c] else None,
-                           "real_accuracy": a.get("real_accuracy"), "reconstruction_accuracy": a.get("reconstruction_accuracy"),
+                           "real_accuracy": _mean([e.get("real_accuracy") for e in each]),
+                           "reconstruction_accuracy": _mean([e.get("reconstruction_accuracy") for e in each]),
                            "taken_for": a.get("taken_for", {}), "near_copies": a.get("near_copies"),
                            "lesion_near_copies": a.get("lesion_near_copies"), "nn_ratio_median": a.get("nn_ratio_median"),
                            "lesion_nn_ratio_median": a.get("lesion_nn_ratio_median")}
+
     fids = [v["fidelity"] for v in per_class.values() if v["fidelity"] is not None]
     # the same judge on real images of the same subtypes: what fidelity a perfect generator would get from this judge
     reals = [v["real_accuracy"] for v in per_class.values() if v["fidelity"] is not None and v["real_accuracy"] is not None]
@@ -155,6 +172,8 @@ def benchmark_synthesis(
         "profile": profile, "settings": cfg, "seed": seed,
         "macro_fidelity": sum(fids) / len(fids) if fids else float("nan"),
         "macro_real_accuracy": sum(reals) / len(reals) if reals and len(reals) == len(fids) else None,
+        "macro_fidelity_judges": [_macro(x, "fidelity") for x in audits],
+        "macro_real_accuracy_judges": [_macro(x, "real_accuracy") for x in audits],
         "overall": audit["overall"],
         "real_test_balanced_accuracy": real.get("balanced_accuracy"),
         "per_class": per_class,
@@ -165,6 +184,16 @@ def benchmark_synthesis(
     text = format_synthesis_report(report)
     (out / "synthesis_benchmark.md").write_text(text)  # a rendering of the JSON above, rewritten on every run
     return report
+
+
+def _mean(values: list) -> float | None:
+    """The mean, ``None`` when a value is missing."""
+    return sum(values) / len(values) if values and None not in values else None
+
+
+def _macro(audit: dict, key: str) -> float | None:
+    """Macro over the generated classes of one judge's audit report (``None`` when a class lacks the figure)."""
+    return _mean([v.get(key) for v in audit["per_class"].values() if v.get("n") and v.get("fidelity") is not None])
 
 
 def _memorization_line(overall: dict) -> str:
@@ -193,9 +222,13 @@ def format_synthesis_report(report: dict) -> str:
     # draws the real class distribution can score above the real-image figure, so the ratio is the comparable one
     real_acc = report.get("macro_real_accuracy")
     ratio = f" (synthetic / real: {report['macro_fidelity'] / real_acc:.2f})" if real_acc else ""
+    each = report.get("macro_fidelity_judges") or []
+    judges = (f"mean of {len(each)} judges: " + ", ".join(pct(f) for f in each) + "; ") if len(each) > 1 else ""
+    each_real = report.get("macro_real_accuracy_judges") or []
+    judges_real = (" (" + ", ".join(pct(f) for f in each_real) + ")") if len(each_real) > 1 and None not in each_real else ""
     lines = [
-        "| subtype | synthetic images | class fidelity % | judge recall on real test % | judge on real / autoencoded real "
-        "training images % | otherwise taken for % | sketch Dice (chance) | FID vs real | near-copies: image / lesion | "
+        "| subtype | synthetic images | class fidelity % | judge recall on real test % (first judge) | judges on real / "
+        "autoencoded real training images % | otherwise taken for % (first judge) | sketch Dice (chance) | FID vs real | near-copies: image / lesion | "
         "median relative distance to the nearest real: image / lesion |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -211,11 +244,11 @@ def format_synthesis_report(report: dict) -> str:
         )
     lines += [
         "",
-        f"- class fidelity, macro over classes: **{pct(report['macro_fidelity'])} %** (target >= 80 %); over all "
-        f"{o['n']} images: {pct(o['fidelity'])} %; the judge's balanced accuracy on real test images: "
-        f"{pct(report['real_test_balanced_accuracy'])} %; on real images of the same subtypes (macro): "
-        f"{pct(report.get('macro_real_accuracy'))} %{ratio}",
-        f"- the judge on the generator's real training images ({held}), balanced: "
+        f"- class fidelity, macro over classes: **{pct(report['macro_fidelity'])} %** ({judges}target >= 80 %); over all "
+        f"{o['n']} images (first judge): {pct(o['fidelity'])} %; the first judge's balanced accuracy on real test images: "
+        f"{pct(report['real_test_balanced_accuracy'])} %; the judges on real images of the same subtypes (macro): "
+        f"{pct(report.get('macro_real_accuracy'))} %{judges_real}{ratio}",
+        f"- the first judge on the generator's real training images ({held}), balanced: "
         f"{pct(o.get('real_balanced_accuracy'))} %; on their "
         f"autoencoder reconstructions: {pct(o.get('reconstruction_balanced_accuracy'))} % (what the first stage leaves "
         "attainable)",
