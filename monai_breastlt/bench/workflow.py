@@ -43,11 +43,13 @@ def ldm_def_from_checkpoint(path: str | os.PathLike) -> dict:
         FileNotFoundError: no checkpoint at ``path``.
         ValueError: ``path`` was not saved from a ``SketchConditionedLDM``.
     """
+    from monai_breastlt.networks import SketchConditionedLDM
     from monai_breastlt.utils import torch_load_safe
 
-    config = (torch_load_safe(path).get("_extra_state") or {}).get("config")
-    if config is None:
-        raise ValueError(f"{path}: no '_extra_state.config': not saved from a SketchConditionedLDM.")
+    try:
+        config = SketchConditionedLDM.config_from_state_dict(torch_load_safe(path))
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from e
     return {"_target_": "monai_breastlt.networks.SketchConditionedLDM", **config}
 
 

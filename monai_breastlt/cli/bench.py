@@ -101,13 +101,12 @@ def run_synthesis(args: argparse.Namespace) -> int:
 
 
 def run_lt(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from monai_breastlt.bench.long_tail import RL_ARMS, LongTailBenchmark, compare_to_baselines, format_markdown, prepare_benchmark_data
+    from monai_breastlt.cli import json_in
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    pool = Path(args.pool) / "pool.json" if args.pool and Path(args.pool).is_dir() else args.pool
+    pool = json_in(args.pool, "pool.json") if args.pool else None
     datalist = prepare_benchmark_data(args.data, args.out, args.imbalance_ratio, args.min_count, seed=args.split_seed)
     bench = LongTailBenchmark(
         datalist, args.out, pool, args.arms, list(range(args.seeds)), args.epochs, args.epoch_size, args.image_size,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from monai_breastlt.cli import json_in
 from monai_breastlt.utils import read_json
 
 
@@ -55,11 +56,6 @@ def _given(args: argparse.Namespace, names: dict[str, str]) -> dict:
     return {key: getattr(args, name) for name, key in names.items() if getattr(args, name) is not None}
 
 
-def _datalist(path: str) -> Path:
-    p = Path(path)
-    return p / "datalist.json" if p.is_dir() else p
-
-
 def run_generate(args: argparse.Namespace) -> int:
     from monai_breastlt.bench.workflow import find_bundles, ldm_def_from_checkpoint, run_bundle
 
@@ -85,8 +81,7 @@ def run_audit(args: argparse.Namespace) -> int:
     from monai_breastlt.bench.workflow import find_bundles, ldm_def_from_checkpoint, run_bundle
 
     syn, _ = find_bundles(args.bundles)
-    manifest = Path(args.pool) / "pool.json" if Path(args.pool).is_dir() else Path(args.pool)
-    real = _datalist(args.real)
+    manifest, real = json_in(args.pool, "pool.json"), json_in(args.real, "datalist.json")
     for path, what in ((manifest, "pool manifest"), (real, "real datalist")):
         if not path.is_file():
             raise FileNotFoundError(f"{path}: {what} not found.")

@@ -148,12 +148,21 @@ class SketchConditionedLDM(nn.Module):
     @classmethod
     def from_state_dict(cls, state_dict: dict) -> SketchConditionedLDM:
         """Build the model that a state dict was saved from, and load it."""
+        model = cls(**cls.config_from_state_dict(state_dict))
+        model.load_state_dict(state_dict)
+        return model
+
+    @staticmethod
+    def config_from_state_dict(state_dict: dict) -> dict:
+        """The constructor arguments a state dict was saved with (its architecture travels inside it).
+
+        Raises:
+            ValueError: the state dict was not saved from a ``SketchConditionedLDM``.
+        """
         extra = state_dict.get("_extra_state") or {}
         if "config" not in extra:
             raise ValueError("state dict has no '_extra_state.config': not saved from a SketchConditionedLDM.")
-        model = cls(**extra["config"])
-        model.load_state_dict(state_dict)
-        return model
+        return extra["config"]
 
     def make_scheduler(self, kind: str = "ddpm", num_inference_steps: int | None = None) -> Scheduler:
         """A DDPM (:class:`RespacedDDPMScheduler`: MONAI's, able to take fewer steps) or MONAI DDIM scheduler with this
