@@ -13,11 +13,10 @@ from monai_breastlt.bench.long_tail import (
     LongTailBenchmark,
     compare_to_baselines,
     format_markdown,
-    prepare_benchmark_data,
     summarize_runs,
 )
 from monai_breastlt.cli.main import main
-from monai_breastlt.data import load_datalist_file, write_datalist
+from monai_breastlt.data import load_datalist_file, prepare_benchmark_data, write_datalist
 
 
 def _fake_pool(datalist, path):

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from mlflow import MlflowClient
 
-from monai_breastlt.bench.workflow import TINY_NETS, default_bundles_dir, run_bundle
+from monai_breastlt.workflows import TINY_NETS, default_bundles_dir, run_bundle
 from monai_breastlt.cli.main import main
 
 BUNDLES = default_bundles_dir()

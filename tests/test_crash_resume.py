@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from monai_breastlt.bench.workflow import default_bundles_dir
+from monai_breastlt.workflows import default_bundles_dir
 from monai_breastlt.data import load_datalist_file, write_datalist
 from monai_breastlt.utils import latest_checkpoint, torch_load_safe
 

@@ -17,3 +17,23 @@ def test_data_imports_neither_rl_nor_synthesis_nor_sb3():
     code = "import sys, monai_breastlt.data; print(sorted(m for m in sys.modules if m.startswith(('monai_breastlt.rl', 'monai_breastlt.synthesis', 'stable_baselines3'))))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"
+
+
+def test_library_imports_neither_the_cli_nor_the_benchmarks():
+    from pathlib import Path
+
+    root = Path(monai_breastlt.__file__).parent
+    offenders = [
+        str(p.relative_to(root))
+        for p in root.rglob("*.py")
+        if p.relative_to(root).parts[0] not in ("bench", "cli")
+        and any(s in p.read_text() for s in ("monai_breastlt.bench", "monai_breastlt.cli", "from .bench", "from .cli"))
+    ]
+    assert offenders == []
+
+
+def test_bundles_ship_inside_the_package():
+    from monai_breastlt.workflows import find_bundles
+
+    syn, cls = find_bundles()
+    assert syn.parent == cls.parent == (__import__("pathlib").Path(monai_breastlt.__file__).parent / "bundles")

@@ -4,7 +4,7 @@ import json
 
 from mlflow import MlflowClient
 
-from monai_breastlt.bench.workflow import default_bundles_dir, run_bundle
+from monai_breastlt.workflows import default_bundles_dir, run_bundle
 from monai_breastlt.handlers import mlflow_tracking_settings
 
 CLS = default_bundles_dir() / "breastlt_classification"

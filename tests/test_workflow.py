@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from monai_breastlt.bench import workflow
-from monai_breastlt.bench.workflow import check_overrides, default_bundles_dir, find_bundles, run_bundle, train_synthesis
+from monai_breastlt import workflows as workflow
+from monai_breastlt.workflows import check_overrides, default_bundles_dir, find_bundles, run_bundle, train_synthesis
 from monai_breastlt.handlers import mlflow_tracking_settings
 
 CLS = default_bundles_dir() / "breastlt_classification"

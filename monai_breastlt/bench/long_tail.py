@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from monai_breastlt.bench.workflow import find_bundles, run_bundle
-from monai_breastlt.data import SECTIONS, load_datalist_file, long_tail_subsample, prepare_split, read_any_source, write_datalist
+from monai_breastlt.workflows import find_bundles, run_bundle
+from monai_breastlt.data import load_datalist_file, prepare_benchmark_data
 from monai_breastlt.handlers import mlflow_tracking_settings
 from monai_breastlt.utils import atomic_open, atomic_write_json, read_json
 
-__all__ = ["ARMS", "BASELINE_ARMS", "RL_ARMS", "SYNTHETIC_ARMS", "LongTailBenchmark", "prepare_benchmark_data", "summarize_runs"]
+__all__ = ["ARMS", "BASELINE_ARMS", "RL_ARMS", "SYNTHETIC_ARMS", "LongTailBenchmark", "summarize_runs"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,44 +46,6 @@ RL_ARMS = ("syn_rl", "syn_rl_pretrained")
 SYNTHETIC_ARMS = tuple(a for a, o in ARMS.items() if o.get("synthetic"))
 BASELINE_ARMS = tuple(a for a in ARMS if a not in SYNTHETIC_ARMS)
 METRICS = ("macro_f1", "balanced_accuracy", "g_mean", "head_recall", "medium_recall", "tail_recall", "accuracy")
-
-
-def prepare_benchmark_data(
-    source: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    imbalance_ratio: float | None = None,
-    min_count: int = 0,
-    fractions: Sequence[float] = (0.6, 0.2, 0.2),
-    seed: int = 0,
-) -> Path:
-    """The benchmark's datalist ``<out_dir>/datalist.json``, written once and reused.
-
-    An already split source keeps its split; otherwise a patient-grouped stratified split is made. With
-    ``imbalance_ratio`` the training split is subsampled exponentially (CIFAR-LT protocol); validation and test
-    stay untouched.
-
-    Raises:
-        ValueError: ``out_dir`` holds a datalist made from another source or with other settings.
-    """
-    out = Path(out_dir)
-    path = out / "datalist.json"
-    settings = {"source": str(Path(source).resolve()), "imbalance_ratio": imbalance_ratio, "min_count": min_count,
-                "fractions": [float(f) for f in fractions], "seed": int(seed)}
-    if path.is_file():
-        doc = load_datalist_file(path)
-        if doc.get("benchmark") != settings:
-            raise ValueError(f"{path}: made with {doc.get('benchmark')}, not {settings}; use another --out.")
-        return path
-    sections, classes = read_any_source(source, min_count)
-    if not set(SECTIONS) <= set(sections):
-        items = [i for v in sections.values() for i in v]
-        doc = prepare_split(items, classes, out / "split.json", fractions, seed)
-        sections = {k: doc[k] for k in SECTIONS}
-    sections = {k: sections[k] for k in SECTIONS}
-    if imbalance_ratio:
-        sections["training"] = long_tail_subsample(sections["training"], imbalance_ratio, seed, len(classes))
-    write_datalist(path, sections, classes, benchmark=settings)
-    return path
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from monai_breastlt.bench.workflow import TINY_NETS, find_bundles, run_bundle, train_synthesis
+from monai_breastlt.workflows import TINY_NETS, find_bundles, run_bundle, train_synthesis
 from monai_breastlt.data import generate_phantom
 from monai_breastlt.utils import atomic_write_json, read_json
 
@@ -97,7 +97,7 @@ def benchmark_synthesis(
     data = out / "data"
     start = time.time()
     if data_source is not None:
-        from monai_breastlt.bench.long_tail import prepare_benchmark_data
+        from monai_breastlt.data import prepare_benchmark_data
 
         prepare_benchmark_data(data_source, data, imbalance_ratio, min_count)
         cfg.update(source=str(data_source), min_count=min_count, data_imbalance_ratio=imbalance_ratio)

@@ -101,7 +101,8 @@ def run_synthesis(args: argparse.Namespace) -> int:
 
 
 def run_lt(args: argparse.Namespace) -> int:
-    from monai_breastlt.bench.long_tail import RL_ARMS, LongTailBenchmark, compare_to_baselines, format_markdown, prepare_benchmark_data
+    from monai_breastlt.bench.long_tail import RL_ARMS, LongTailBenchmark, compare_to_baselines, format_markdown
+    from monai_breastlt.data import prepare_benchmark_data
     from monai_breastlt.cli import json_in
 
     if args.threads:

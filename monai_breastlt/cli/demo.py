@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from monai_breastlt.bench.workflow import TINY_NETS, find_bundles, run_bundle, train_synthesis
+from monai_breastlt.workflows import TINY_NETS, find_bundles, run_bundle, train_synthesis
 from monai_breastlt.data import generate_phantom
 from monai_breastlt.handlers import mlflow_tracking_settings
 

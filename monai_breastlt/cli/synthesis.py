@@ -57,7 +57,7 @@ def _given(args: argparse.Namespace, names: dict[str, str]) -> dict:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from monai_breastlt.bench.workflow import find_bundles, ldm_def_from_checkpoint, run_bundle
+    from monai_breastlt.workflows import find_bundles, ldm_def_from_checkpoint, run_bundle
 
     syn, _ = find_bundles(args.bundles)
     models = Path(args.models)
@@ -78,7 +78,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def run_audit(args: argparse.Namespace) -> int:
-    from monai_breastlt.bench.workflow import find_bundles, ldm_def_from_checkpoint, run_bundle
+    from monai_breastlt.workflows import find_bundles, ldm_def_from_checkpoint, run_bundle
 
     syn, _ = find_bundles(args.bundles)
     manifest, real = json_in(args.pool, "pool.json"), json_in(args.real, "datalist.json")

@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from monai_breastlt.data.datalist import SECTIONS, load_datalist_file, validate_items, write_datalist
+from monai_breastlt.data.public import read_any_source
 
-__all__ = ["stratified_group_split", "long_tail_subsample", "prepare_split"]
+__all__ = ["stratified_group_split", "long_tail_subsample", "prepare_split", "prepare_benchmark_data"]
 
 
 def stratified_group_split(
@@ -122,3 +123,41 @@ def prepare_split(
     sections = stratified_group_split(items, fractions, seed, group_key)
     write_datalist(path, sections, classes, split=settings)
     return load_datalist_file(path)
+
+
+def prepare_benchmark_data(
+    source: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    imbalance_ratio: float | None = None,
+    min_count: int = 0,
+    fractions: Sequence[float] = (0.6, 0.2, 0.2),
+    seed: int = 0,
+) -> Path:
+    """The benchmark's datalist ``<out_dir>/datalist.json``, written once and reused.
+
+    An already split source keeps its split; otherwise a patient-grouped stratified split is made. With
+    ``imbalance_ratio`` the training split is subsampled exponentially (CIFAR-LT protocol); validation and test
+    stay untouched.
+
+    Raises:
+        ValueError: ``out_dir`` holds a datalist made from another source or with other settings.
+    """
+    out = Path(out_dir)
+    path = out / "datalist.json"
+    settings = {"source": str(Path(source).resolve()), "imbalance_ratio": imbalance_ratio, "min_count": min_count,
+                "fractions": [float(f) for f in fractions], "seed": int(seed)}
+    if path.is_file():
+        doc = load_datalist_file(path)
+        if doc.get("benchmark") != settings:
+            raise ValueError(f"{path}: made with {doc.get('benchmark')}, not {settings}; use another --out.")
+        return path
+    sections, classes = read_any_source(source, min_count)
+    if not set(SECTIONS) <= set(sections):
+        items = [i for v in sections.values() for i in v]
+        doc = prepare_split(items, classes, out / "split.json", fractions, seed)
+        sections = {k: doc[k] for k in SECTIONS}
+    sections = {k: sections[k] for k in SECTIONS}
+    if imbalance_ratio:
+        sections["training"] = long_tail_subsample(sections["training"], imbalance_ratio, seed, len(classes))
+    write_datalist(path, sections, classes, benchmark=settings)
+    return path

@@ -1,4 +1,5 @@
-"""Running the two bundles from Python: what the demo and the benchmarks share."""
+"""Running the two bundles from Python: the glue behind the ``demo``, ``generate`` and ``audit`` commands and the
+benchmarks."""
 
 from __future__ import annotations
 
@@ -22,16 +23,19 @@ TINY_NETS = {
 
 
 def default_bundles_dir() -> Path:
-    return Path(monai_breastlt.__file__).resolve().parents[1] / "bundles"
+    """The bundles shipped inside the installed package (``monai_breastlt/bundles``)."""
+    return Path(monai_breastlt.__file__).resolve().parent / "bundles"
 
 
 def find_bundles(bundles_dir: str | os.PathLike | None = None) -> tuple[Path, Path]:
-    """The synthesis and classification bundle folders (default: the repository's ``bundles/``)."""
+    """The synthesis and classification bundle folders: those under ``bundles_dir`` (a user's own copy), else the
+    package's own."""
     root = Path(bundles_dir) if bundles_dir else default_bundles_dir()
     syn, cls = root / "breastlt_synthesis", root / "breastlt_classification"
     for b in (syn, cls):
         if not (b / "configs" / "metadata.json").is_file():
-            raise FileNotFoundError(f"{b}: bundle not found; pass --bundles (the repository's bundles/ folder).")
+            raise FileNotFoundError(f"{b}: bundle not found; pass --bundles (a folder holding breastlt_synthesis and "
+                                    "breastlt_classification).")
     return syn, cls
 
 
