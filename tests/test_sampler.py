@@ -136,3 +136,60 @@ def test_plan_property(labels, syn, ratios, replicas):
     for c in range(6):
         assert got.get((c, False), 0) == plan["real"][c] and got.get((c, True), 0) == plan["synthetic"][c]
     assert len({len(x) for x in shards}) == 1 and sum(map(len, shards)) >= len(full)
+
+
+def test_seeds_give_independent_streams():
+    # with a seed + epoch generator, (seed 1, epoch e) repeated (seed 0, epoch e + 1): "three seeds" shared their epochs
+    plans = {}
+    for seed in (0, 1, 2):
+        s = AdaptiveRatioSampler(LABELS, SYN, ratios=0.5, seed=seed)
+        for epoch in range(4):
+            s.set_epoch(epoch)
+            plans[seed, epoch] = list(s)
+    assert len({tuple(p) for p in plans.values()}) == len(plans)
+
+
+def test_ratios_set_mid_epoch_replan_the_rest():
+    items = [{"label": lab, "source": "synthetic" if syn else "real", "x": k} for k, (lab, syn) in enumerate(zip(LABELS, SYN))]
+    s = AdaptiveRatioSampler.from_datalist(items, ratios=0.0, seed=4)
+    loader = DataLoader(Dataset(items), sampler=s, batch_size=6, num_workers=0)
+    seen = []
+    for b, batch in enumerate(loader):
+        seen.append([int(x) for x in batch["x"]])
+        if b == 4:  # after 30 of 60 samples, every class that has a synthetic pool goes fully synthetic
+            s.set_ratios(0.9)
+    first, rest = [i for b in seen[:5] for i in b], [i for b in seen[5:] for i in b]
+    assert len(first) == len(rest) == 30
+    assert not any(SYN[i] for i in first)
+    syn_share = np.mean([SYN[i] for i in rest if LABELS[i] != 0])
+    assert syn_share > 0.7  # 0.9 of classes 1 and 2 in expectation
+    # reproducible: the same calls at the same step give the same epoch
+    s2 = AdaptiveRatioSampler.from_datalist(items, ratios=0.0, seed=4)
+    it, again = iter(s2), []
+    for k in range(60):
+        if k == 30:
+            s2.set_ratios(0.9)
+        again.append(next(it))
+    assert again == first + rest
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"labels": [0, 1.7, 1]}, "labels must be integers; entry 1 is 1.7"),
+        ({"seed": 1.5}, "seed must be a non-negative integer, got 1.5"),
+        ({"seed": -1}, "seed must be a non-negative integer"),
+        ({"epoch_size": -4}, "epoch_size must be a positive integer or None, got -4"),
+        ({"target": "distribution", "epoch_size": 6, "class_weights": [1, float("nan"), 1]}, "class_weights must be 3 finite"),
+        ({"target": "distribution", "epoch_size": 6, "class_weights": [1, float("inf"), 1]}, "class_weights must be 3 finite"),
+    ],
+)
+def test_bad_arguments_are_refused(kwargs, match):
+    kwargs = {"labels": LABELS, "synthetic": None, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        AdaptiveRatioSampler(**kwargs)
+
+
+def test_negative_epoch_is_refused():
+    with pytest.raises(ValueError, match="epoch must be a non-negative integer, got -1"):
+        AdaptiveRatioSampler(LABELS, SYN).set_epoch(-1)

@@ -16,6 +16,18 @@ from monai_breastlt.utils import clip_ratios
 __all__ = ["AdaptiveRatioSampler"]
 
 
+def _integers(values: Sequence, name: str) -> np.ndarray:
+    """``values`` as int64, refusing anything that is not a whole number (``1.7`` would otherwise be truncated)."""
+    arr = np.asarray(values)
+    if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise ValueError(f"{name} must be integers, got dtype {arr.dtype}.")
+    if np.issubdtype(arr.dtype, np.floating):
+        bad = ~np.isfinite(arr) | (arr != np.round(arr))
+        if bad.any():
+            raise ValueError(f"{name} must be integers; entry {int(np.flatnonzero(bad)[0])} is {float(arr[bad][0])}.")
+    return arr.astype(np.int64)
+
+
 class AdaptiveRatioSampler(DistributedSampler):
     """
     Sample a dataset of real and synthetic items so that, in every epoch, class ``c`` gets ``T_c`` samples of
@@ -25,6 +37,14 @@ class AdaptiveRatioSampler(DistributedSampler):
     The epoch plan is derived from ``(seed, epoch)`` alone, so every DDP rank builds the same plan and takes a
     disjoint, equal-length shard of it, as :py:class:`monai.data.DistributedSampler` does. It subclasses
     torch's ``DistributedSampler`` so MONAI workflows call :py:meth:`set_epoch` at each epoch start.
+    ``(seed, epoch)`` goes through ``numpy.random.SeedSequence``, so two seeds give independent streams (seed 1 at
+    epoch ``e`` does not repeat seed 0 at epoch ``e + 1``).
+
+    Ratios set during an epoch take effect from the next sample drawn: the rest of the epoch is re-planned under the
+    new ratios (with a generator derived from ``(seed, epoch, position)``, so the result stays reproducible and equal
+    on every rank, provided every rank sets the same ratios at the same step). This lets a policy act every few
+    iterations rather than once per epoch. The loader must draw lazily (``num_workers=0``, or accept that workers'
+    prefetched batches keep the old ratios).
 
     Real items of a class are drawn without replacement until the class's real pool is exhausted, then the
     pool is reshuffled (over-sampling); synthetic items likewise from the class's synthetic pool. A class with
@@ -45,7 +65,7 @@ class AdaptiveRatioSampler(DistributedSampler):
         num_replicas: number of DDP processes (default: the world size, or 1 without a process group).
         rank: this process's rank (default: the global rank, or 0).
         shuffle: shuffle the epoch plan (otherwise class by class).
-        seed: base seed; the epoch's generator is seeded with ``seed + epoch``.
+        seed: base seed, a non-negative integer; each epoch's generator derives from ``(seed, epoch)``.
         drop_last: drop the plan's tail so it divides evenly (otherwise pad by repeating its start).
     """
 
@@ -72,9 +92,13 @@ class AdaptiveRatioSampler(DistributedSampler):
             rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} must be in [0, {num_replicas - 1}] for num_replicas={num_replicas}.")
-        labels_t = torch.as_tensor(np.asarray(labels, dtype=np.int64))
+        labels_t = torch.as_tensor(_integers(labels, "labels"))
         if labels_t.ndim != 1 or labels_t.numel() == 0:
             raise ValueError("labels must be a non-empty 1D sequence of class indices.")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {seed!r}.")
+        if epoch_size is not None and (isinstance(epoch_size, bool) or not isinstance(epoch_size, (int, np.integer)) or epoch_size < 1):
+            raise ValueError(f"epoch_size must be a positive integer or None, got {epoch_size!r}.")
         if labels_t.min() < 0:
             raise ValueError(f"labels must be >= 0, got {int(labels_t.min())}.")
         self.num_classes = int(num_classes) if num_classes is not None else int(labels_t.max()) + 1
@@ -96,9 +120,10 @@ class AdaptiveRatioSampler(DistributedSampler):
                 raise ValueError(f"class {c} has a target of {t} samples but no real or synthetic item.")
         self.max_ratio = float(max_ratio)
         self.ratios = np.zeros(self.num_classes)
+        self._version = 0  # counts set_ratios calls: an epoch being drawn re-plans its rest when this changes
         self.set_ratios(ratios)
         self.dataset_len = int(labels_t.numel())
-        self.num_replicas, self.rank, self.shuffle, self.seed, self.drop_last = num_replicas, rank, shuffle, seed, drop_last
+        self.num_replicas, self.rank, self.shuffle, self.seed, self.drop_last = num_replicas, rank, shuffle, int(seed), drop_last
         self.epoch = 0
         total = sum(self.targets)
         self.num_samples = total // num_replicas if drop_last else math.ceil(total / num_replicas)
@@ -108,7 +133,7 @@ class AdaptiveRatioSampler(DistributedSampler):
     def from_datalist(cls, items: Sequence[dict], num_classes: int | None = None, **kwargs) -> AdaptiveRatioSampler:
         """Build from datalist entries (``label`` and ``source``), in the order the dataset holds them."""
         return cls(
-            [int(i["label"]) for i in items], [i.get("source", "real") == "synthetic" for i in items], num_classes, **kwargs
+            [i["label"] for i in items], [i.get("source", "real") == "synthetic" for i in items], num_classes, **kwargs
         )
 
     def _pools(self, idx: torch.Tensor, lab: torch.Tensor) -> list[torch.Tensor]:
@@ -129,8 +154,8 @@ class AdaptiveRatioSampler(DistributedSampler):
                 if not epoch_size or epoch_size < 1:
                     raise ValueError("target='distribution' needs a positive epoch_size.")
                 w = np.ones(self.num_classes) if class_weights is None else np.asarray(class_weights, dtype=float)
-                if w.shape != (self.num_classes,) or np.any(w < 0) or w.sum() <= 0:
-                    raise ValueError(f"class_weights must be {self.num_classes} non-negative numbers, not all zero.")
+                if w.shape != (self.num_classes,) or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+                    raise ValueError(f"class_weights must be {self.num_classes} finite non-negative numbers, not all zero; got {w.tolist()}.")
                 w = np.where(np.asarray(available) > 0, w, 0)
                 exact = epoch_size * w / w.sum()
                 counts = np.floor(exact).astype(int)
@@ -143,8 +168,9 @@ class AdaptiveRatioSampler(DistributedSampler):
         return counts
 
     def set_ratios(self, ratios: float | Sequence[float]) -> None:
-        """Set each class's synthetic fraction for the next epochs; values are clipped to ``[0, max_ratio]``."""
+        """Set each class's synthetic fraction from the next sample drawn on; values are clipped to ``[0, max_ratio]``."""
         self.ratios = clip_ratios(ratios, self.num_classes, self.max_ratio)
+        self._version += 1
 
     def plan(self) -> dict[str, list[int]]:
         """Per-class real and synthetic sample counts of an epoch under the current ratios."""
@@ -174,10 +200,17 @@ class AdaptiveRatioSampler(DistributedSampler):
         perm = torch.argsort(torch.rand(reps, len(pool), generator=g), dim=1)
         return pool[perm].flatten()[:n]
 
-    def epoch_indices(self) -> torch.Tensor:
-        """The whole epoch plan (all ranks), before sharding."""
+    def _generator(self, position: int = 0) -> torch.Generator:
+        """The generator of the plan that starts at global ``position`` of this epoch, independent across seeds."""
+        state = np.random.SeedSequence([self.seed, self.epoch, position]).generate_state(2)
         g = torch.Generator()
-        g.manual_seed(self.seed + self.epoch)
+        g.manual_seed(int(state[0]) << 32 | int(state[1]))
+        return g
+
+    def epoch_indices(self, position: int = 0) -> torch.Tensor:
+        """The whole epoch plan (all ranks, before sharding) under the current ratios, drawn with the generator of
+        ``position`` (0: the plan at the epoch start)."""
+        g = self._generator(position)
         p = self.plan()
         parts = []
         for c in range(self.num_classes):
@@ -188,19 +221,32 @@ class AdaptiveRatioSampler(DistributedSampler):
             idx = idx[torch.randperm(len(idx), generator=g)]
         return idx
 
-    def __iter__(self):
-        idx = self.epoch_indices()
+    def _shard(self, position: int) -> list[int]:
+        """This rank's share of the (padded or truncated) epoch plan drawn at ``position``."""
+        idx = self.epoch_indices(position)
         if self.drop_last:
             idx = idx[: self.total_size]
         elif len(idx) < self.total_size:
             pad = self.total_size - len(idx)
             idx = torch.cat([idx, idx.repeat(-(-pad // max(len(idx), 1)))[:pad]])
-        return iter(idx[self.rank : self.total_size : self.num_replicas].tolist())
+        return idx[self.rank : self.total_size : self.num_replicas].tolist()
+
+    def __iter__(self):
+        k = 0  # samples this rank has yielded; every rank is at global position k * num_replicas
+        while k < self.num_samples:
+            version = self._version
+            for i in self._shard(k * self.num_replicas)[k:]:
+                if self._version != version:  # new ratios: re-plan the rest of the epoch
+                    break
+                yield i
+                k += 1
 
     def __len__(self) -> int:
         return self.num_samples
 
     def set_epoch(self, epoch: int) -> None:
+        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+            raise ValueError(f"epoch must be a non-negative integer, got {epoch!r}.")
         self.epoch = int(epoch)
 
     def state_dict(self) -> dict:
