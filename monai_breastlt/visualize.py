@@ -54,16 +54,18 @@ def plot_confusion_matrix(cm: Sequence[Sequence[int]], class_names: Sequence[str
 
 
 def plot_ratio_trajectory(history: Sequence[dict], class_names: Sequence[str], path: str | os.PathLike, counts: Sequence[int] | None = None) -> None:
-    """Synthetic fraction per class over epochs (``history`` rows: ``{"epoch", "ratios"}``)."""
+    """Synthetic fraction per class over training (``history`` rows: ``{"epoch", "iteration", "ratios"}``; by
+    iteration where rows have one, since a policy may act several times an epoch)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4))
+    by_iteration = bool(history) and all("iteration" in h for h in history)
     if history:
-        epochs = [h["epoch"] for h in history]
+        epochs = [h["iteration" if by_iteration else "epoch"] for h in history]
         ratios = np.asarray([h["ratios"] for h in history])
         for c, name in enumerate(class_names):
             label = name.replace("_", " ") + (f" ({counts[c]} real)" if counts is not None else "")
-            ax.plot(epochs, 100 * ratios[:, c], marker="o", label=label)
-    ax.set_xlabel("epoch")
+            ax.plot(epochs, 100 * ratios[:, c], marker="o" if len(epochs) < 40 else None, label=label)
+    ax.set_xlabel("iteration" if by_iteration else "epoch")
     ax.set_ylabel("synthetic share of the class's samples (%)")
     ax.set_ylim(-2, 102)
     ax.set_title("Synthetic/real mix chosen per subtype")

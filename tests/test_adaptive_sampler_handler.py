@@ -16,7 +16,7 @@ from monai_breastlt.rl import MultiAgentRatioPolicy
 from monai_breastlt.transforms import ultrasound_preprocessing
 
 
-def _pipeline(tiny_phantom, policy, epochs=3):
+def _pipeline(tiny_phantom, policy, epochs=3, validate_every=None):
     train, classes = load_datalist(tiny_phantom, "training")
     val, _ = load_datalist(tiny_phantom, "validation")
     # stand-in synthetic pool: the training images flagged synthetic (the sampler only reads label and source)
@@ -39,7 +39,7 @@ def _pipeline(tiny_phantom, policy, epochs=3):
     trainer = SupervisedTrainer(
         "cpu", epochs, DataLoader(Dataset(items, pre), sampler=sampler, batch_size=8), net,
         torch.optim.Adam(net.parameters(), 1e-3), loss, prepare_batch=prep,
-        train_handlers=[ValidationHandler(1, evaluator), handler],
+        train_handlers=[ValidationHandler(validate_every or 1, evaluator, epoch_level=validate_every is None), handler],
     )
     return trainer, evaluator, sampler, handler
 
@@ -68,3 +68,33 @@ def test_handler_needs_the_metric(tiny_phantom):
     handler.metric_name = "missing"
     with pytest.raises(KeyError, match="no LongTailMetric named 'missing'"):
         trainer.run()
+
+
+def test_handler_acts_at_every_iteration_level_validation(tiny_phantom):
+    policy = MultiAgentRatioPolicy(seed=0, n_steps=2, ppo_kwargs={"n_epochs": 1})
+    trainer, evaluator, sampler, handler = _pipeline(tiny_phantom, policy, epochs=2, validate_every=2)
+    trainer.run()
+    per_epoch = trainer.state.epoch_length
+    history = trainer.state.ratio_history
+    assert handler.decisions == len(history) == (2 * per_epoch) // 2 > 2  # several decisions per epoch
+    assert [h["iteration"] for h in history] == list(range(2, 2 * per_epoch + 1, 2))
+    assert policy.num_updates == (handler.decisions - 1) // 2  # n_steps 2; the first decision has no reward yet
+    assert np.allclose(history[-1]["ratios"], sampler.effective_ratios())
+
+
+def test_smoothed_agents_see_moving_averages():
+    from monai_breastlt.rl import ClassAgents
+
+    def report(f1):
+        return {"recall": [f1, f1], "f1": [f1, f1], "macro_f1": f1, "balanced_accuracy": f1, "head_recall": f1, "groups": ["head", "tail"]}
+
+    raw, smooth = ClassAgents([10, 2]), ClassAgents([10, 2], smoothing=0.75)
+    for a in (raw, smooth):
+        a.observe(report(0.5), 0.0)
+    _, r_raw = raw.observe(report(0.9), 0.5)
+    _, r_smooth = smooth.observe(report(0.9), 0.5)
+    # the average moves a quarter of the way: 0.5 -> 0.6, so the reward is a quarter of the raw one
+    assert np.allclose(r_smooth, r_raw / 4, atol=1e-5)
+    assert smooth.prev["macro_f1"] == pytest.approx(0.6)
+    with pytest.raises(ValueError, match="smoothing must be in"):
+        ClassAgents([10, 2], smoothing=1.0)

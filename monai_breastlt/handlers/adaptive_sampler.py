@@ -27,11 +27,14 @@ class AdaptiveSamplerHandler:
     """
     After each validation, feed the per-class report to the ratio policy and set the sampler's ratios.
 
-    Attach it to the **trainer**, after MONAI's ``ValidationHandler`` (handlers run in attachment order, so list
-    it after the ``ValidationHandler`` in ``train_handlers``). It reads the report of the evaluator's
-    :py:class:`monai_breastlt.metrics.LongTailMetric` named ``metric_name``. The ratios are
+    Attach it to the **trainer** (in ``train_handlers``); it acts whenever ``evaluator`` completes a run, so it
+    follows MONAI's ``ValidationHandler`` wherever that validates: once per epoch (``epoch_level=True``) or every
+    ``interval`` iterations (``epoch_level=False``), which gives the policy many decisions in a short run. The
+    sampler re-plans the rest of an epoch when its ratios change, so a decision made mid-epoch takes effect at once.
+    It reads the report of the evaluator's :py:class:`monai_breastlt.metrics.LongTailMetric` named
+    ``metric_name``. The ratios are
 
-    - kept per validation in ``trainer.state.ratio_history`` (``{"epoch", "ratios"}`` rows);
+    - kept per validation in ``trainer.state.ratio_history`` (``{"epoch", "iteration", "ratios"}`` rows);
     - put in ``trainer.state.metrics`` as ``ratio/<class>``, so MONAI's ``MLFlowHandler`` (``--tracking mlflow``)
       logs them per epoch;
     - logged to the active MLflow run, if the user started one with ``mlflow.start_run()``.
@@ -74,15 +77,24 @@ class AdaptiveSamplerHandler:
         self.history: list[dict] = []  # shared with trainer.state.ratio_history, restored on resume
         self.logger = logging.getLogger(__name__)
 
+        self.trainer: Engine | None = None
+
     def attach(self, engine: Engine) -> None:
-        """Register on the trainer's ``EPOCH_COMPLETED``."""
-        if not engine.has_event_handler(self, Events.EPOCH_COMPLETED):
-            engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+        """Attach to the trainer ``engine``: act on every ``COMPLETED`` of the evaluator."""
+        self.trainer = engine
+        if not self.evaluator.has_event_handler(self, Events.COMPLETED):
+            self.evaluator.add_event_handler(Events.COMPLETED, self)
         engine.state.ratio_history = self.history
 
+    @property
+    def decisions(self) -> int:
+        """Policy decisions so far (one per validation)."""
+        return len(self.history)
+
     def __call__(self, engine: Engine) -> None:
-        if self.evaluator.state.epoch != engine.state.epoch:  # no validation this epoch (interval > 1)
-            return
+        """Act on a completed validation (``engine`` is the evaluator) of the attached trainer."""
+        if self.trainer is None:
+            raise RuntimeError("AdaptiveSamplerHandler: attach(trainer) before the evaluator runs.")
         start = time.perf_counter()
         details = getattr(self.evaluator.state, "metric_details", None) or {}
         if self.metric_name not in details:
@@ -90,25 +102,27 @@ class AdaptiveSamplerHandler:
                 f"AdaptiveSamplerHandler: the evaluator has no LongTailMetric named '{self.metric_name}' "
                 f"(metric details present: {sorted(details)})."
             )
-        state = engine.state
-        progress = state.epoch / max(state.max_epochs or 1, 1)
+        state = self.trainer.state
+        total = (state.max_epochs or 1) * (state.epoch_length or 1)
+        progress = min(state.iteration / total, 1.0)
         ratios = np.asarray(self.policy.update(details[self.metric_name], progress), dtype=float)
         self.sampler.set_ratios(ratios)
-        row = {"epoch": int(state.epoch), "ratios": self.sampler.effective_ratios()}
+        row = {"epoch": int(state.epoch), "iteration": int(state.iteration), "ratios": self.sampler.effective_ratios()}
         self.history.append(row)
         state.ratio_history = self.history
         named = {f"ratio/{n}": r for n, r in zip(self.class_names, row["ratios"])}
         state.metrics.update(named)
         self.seconds += time.perf_counter() - start
-        self.logger.info("epoch %d synthetic ratios: %s", state.epoch, ", ".join(f"{r:.2f}" for r in row["ratios"]))
+        self.logger.info("epoch %d iteration %d synthetic ratios: %s", state.epoch, state.iteration,
+                         ", ".join(f"{r:.2f}" for r in row["ratios"]))
         if self.log_mlflow:
-            self._log_mlflow(named, row["epoch"])
+            self._log_mlflow(named, row["iteration"])
 
-    def _log_mlflow(self, named: dict[str, float], epoch: int) -> None:
+    def _log_mlflow(self, named: dict[str, float], step: int) -> None:
         try:
             if mlflow.active_run() is None:
                 return
-            mlflow.log_metrics(named, step=epoch)
+            mlflow.log_metrics(named, step=step)
         except Exception as e:  # a locked or full store must not stop training
             self.logger.warning("MLflow logging of the synthetic ratios failed (%s); training goes on.", e)
 

@@ -18,6 +18,7 @@ def build_ratio_policy(
     n_steps: int = 4,
     seed: int = 0,
     model_path: str | None = None,
+    reward_smoothing: float = 0.0,
     **kwargs,
 ) -> RatioPolicy:
     """
@@ -30,10 +31,14 @@ def build_ratio_policy(
         n_steps: validations between PPO updates (``"rl"``).
         seed: PPO seed (``"rl"``).
         model_path: a pre-trained PPO policy (``"rl"``).
+        reward_smoothing: moving-average weight of the validation figures the agents see and are rewarded by
+            (``"rl"``; see :class:`~monai_breastlt.rl.ClassAgents`).
         kwargs: further arguments of the chosen class.
     """
     if name == "rl":
-        return MultiAgentRatioPolicy(step=step, max_ratio=max_ratio, n_steps=n_steps, seed=seed, model_path=model_path, **kwargs)
+        agent_kwargs = {**kwargs.pop("agent_kwargs", {}), "smoothing": reward_smoothing}
+        return MultiAgentRatioPolicy(step=step, max_ratio=max_ratio, n_steps=n_steps, seed=seed, model_path=model_path,
+                                     agent_kwargs=agent_kwargs, **kwargs)
     if name == "heuristic":
         return HeuristicRatioPolicy(step=step, max_ratio=max_ratio, **kwargs)
     if name == "fixed":
