@@ -98,3 +98,16 @@ def test_smoothed_agents_see_moving_averages():
     assert smooth.prev["macro_f1"] == pytest.approx(0.6)
     with pytest.raises(ValueError, match="smoothing must be in"):
         ClassAgents([10, 2], smoothing=1.0)
+
+
+def test_handler_decides_on_every_kth_validation(tiny_phantom):
+    from monai_breastlt.rl import HeuristicRatioPolicy
+
+    trainer, evaluator, sampler, handler = _pipeline(tiny_phantom, HeuristicRatioPolicy(), epochs=2, validate_every=1)
+    handler.decide_every = 3
+    trainer.run()
+    n = 2 * trainer.state.epoch_length
+    assert handler.validations == n and handler.decisions == n // 3
+    assert [h["iteration"] for h in trainer.state.ratio_history] == list(range(3, n + 1, 3))
+    with pytest.raises(ValueError, match="decide_every must be a positive integer"):
+        AdaptiveSamplerHandler(sampler, HeuristicRatioPolicy(), evaluator, decide_every=0)

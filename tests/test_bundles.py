@@ -150,3 +150,23 @@ def test_synthesis_stages_resume(tiny_phantom, tmp_path, capsys):
             assert shadow and all(k.startswith(f"{prefix}.") for k in shadow), prefix  # only what the stage trains
             assert all(torch.equal(final[k], v) for k, v in shadow.items())
             assert any(not torch.equal(ckpt["ldm"][k], v) for k, v in shadow.items())
+
+
+def test_classification_bundle_phase2_options(tiny_phantom, tmp_path):
+    """RL policy acting every 2 iterations on smoothed figures, synthetic items down-weighted: the counts are right and
+    the options reach the run."""
+    from monai_breastlt.data import load_datalist_file, write_datalist
+
+    doc = load_datalist_file(tiny_phantom)
+    pool = tmp_path / "pool.json"  # the training images again, as synthetic entries: enough to drive the pool side
+    write_datalist(pool, {"synthetic": [{"image": i["image"], "label": i["label"]} for i in doc["training"]]}, doc["classes"])
+    out = tmp_path / "cls"
+    run_bundle(CLS, ["train.yaml"], dataset_dir=str(tiny_phantom.parent), pool=str(pool), output_dir=str(out), max_epochs=2,
+               image_size=32, batch_size=8, epoch_size=32, policy_name="rl", ppo_n_steps=2, val_every_iterations=2,
+               reward_smoothing=0.5, synthetic_weight=0.5)
+    history = json.loads((out / "val_report.json").read_text())["ratio_history"]
+    assert [h["iteration"] for h in history] == [2, 4, 6, 8]  # 4 iterations an epoch, 2 epochs: 4 decisions
+    out2 = tmp_path / "cls_epochwise"
+    run_bundle(CLS, ["train.yaml"], dataset_dir=str(tiny_phantom.parent), pool=str(pool), output_dir=str(out2), max_epochs=2,
+               image_size=32, batch_size=8, epoch_size=32, policy_name="heuristic", val_every_iterations=2, decide_every=2)
+    assert [h["iteration"] for h in json.loads((out2 / "val_report.json").read_text())["ratio_history"]] == [4, 8]

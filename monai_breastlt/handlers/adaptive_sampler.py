@@ -49,6 +49,8 @@ class AdaptiveSamplerHandler:
         class_names: names used in logs (default ``class_<i>``).
         log_mlflow: log ratios to an active fluent MLflow run.
         initial_ratios: ratios before the first validation (default: the sampler's current ones).
+        decide_every: act on every ``decide_every``-th validation only (e.g. once an epoch while validating twice an
+            epoch for checkpoint selection).
     """
 
     def __init__(
@@ -60,7 +62,12 @@ class AdaptiveSamplerHandler:
         class_names: Sequence[str] | None = None,
         log_mlflow: bool = True,
         initial_ratios: float | Sequence[float] | None = None,
+        decide_every: int = 1,
     ) -> None:
+        if isinstance(decide_every, bool) or not isinstance(decide_every, int) or decide_every < 1:
+            raise ValueError(f"decide_every must be a positive integer, got {decide_every!r}.")
+        self.decide_every = decide_every
+        self.validations = 0
         self.sampler = sampler
         self.policy = policy
         self.evaluator = evaluator
@@ -95,6 +102,9 @@ class AdaptiveSamplerHandler:
         """Act on a completed validation (``engine`` is the evaluator) of the attached trainer."""
         if self.trainer is None:
             raise RuntimeError("AdaptiveSamplerHandler: attach(trainer) before the evaluator runs.")
+        self.validations += 1
+        if self.validations % self.decide_every:
+            return
         start = time.perf_counter()
         details = getattr(self.evaluator.state, "metric_details", None) or {}
         if self.metric_name not in details:
@@ -128,9 +138,11 @@ class AdaptiveSamplerHandler:
 
     def state_dict(self) -> dict:
         """Policy and sampler state (use with ``CheckpointSaver`` to resume)."""
-        return {"policy": self.policy.state_dict(), "sampler": self.sampler.state_dict(), "history": list(self.history)}
+        return {"policy": self.policy.state_dict(), "sampler": self.sampler.state_dict(), "history": list(self.history),
+                "validations": self.validations}
 
     def load_state_dict(self, state: dict) -> None:
         self.policy.load_state_dict(state["policy"])
         self.sampler.load_state_dict(state["sampler"])
         self.history[:] = state.get("history", [])
+        self.validations = int(state.get("validations", len(self.history) * self.decide_every))

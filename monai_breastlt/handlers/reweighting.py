@@ -27,13 +27,17 @@ class DeferredReweighting:
     The decision is taken from ``engine.state.epoch`` at every epoch start, so a resumed run gets the right weights.
 
     Args:
-        loss: the loss module.
+        loss: the loss module (a :class:`~monai_breastlt.losses.SyntheticWeightedLoss`: the loss it wraps).
         weight: per-class weights used from epoch ``start_epoch + 1`` on.
         start_epoch: number of unweighted epochs.
         enabled: ``False`` makes :meth:`attach` a no-op (so a bundle can list the handler for every loss).
     """
 
     def __init__(self, loss: torch.nn.Module, weight: Sequence[float] | torch.Tensor, start_epoch: int, enabled: bool = True) -> None:
+        from monai_breastlt.losses import SyntheticWeightedLoss
+
+        if isinstance(loss, SyntheticWeightedLoss):  # re-weight the loss it wraps
+            loss = loss.loss
         if enabled and not hasattr(loss, "weight"):
             raise ValueError(f"{type(loss).__name__} has no 'weight' attribute to re-weight.")
         self.loss = loss
