@@ -14,7 +14,7 @@ from typing import IO, Any
 import numpy as np
 import torch
 
-__all__ = ["atomic_open", "atomic_write_json", "atomic_torch_save", "clip_ratios", "latest_checkpoint", "read_json", "root_cause", "torch_load_safe"]
+__all__ = ["atomic_open", "atomic_write_json", "atomic_torch_save", "clip_ratios", "latest_checkpoint", "load_weights", "read_json", "root_cause", "torch_load_safe"]
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -92,6 +92,29 @@ def torch_load_safe(path: str | os.PathLike, map_location: str | torch.device | 
             f"{path}: cannot be loaded as a weights-only checkpoint ({type(e).__name__}: {e}). "
             "It may be truncated, or contain pickled objects that are not allowed for safety."
         ) from e
+
+
+def load_weights(module: torch.nn.Module, path: str | os.PathLike, enabled: bool = True, part: str | None = None) -> torch.nn.Module | None:
+    """``module`` with the weights of the checkpoint ``path`` (weights-only, strict); for bundle configs.
+
+    Args:
+        module: the network to fill.
+        path: a state dict saved from that network.
+        enabled: ``False`` loads nothing and returns ``None`` (an optional network of a config).
+        part: return this attribute of the loaded module instead (e.g. ``"autoencoder"`` of an LDM).
+
+    Raises:
+        ValueError: the checkpoint does not fit ``module``, naming the file and the first mismatches.
+    """
+    if not enabled:
+        return None
+    state = torch_load_safe(path)
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).splitlines()[1:3]
+        raise ValueError(f"{path}: not a checkpoint of this {type(module).__name__} ({' '.join(x.strip() for x in first)}).") from e
+    return getattr(module, part) if part else module
 
 
 def root_cause(exc: BaseException) -> BaseException:

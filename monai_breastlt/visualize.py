@@ -10,7 +10,7 @@ import numpy as np
 
 from monai_breastlt.utils import atomic_open
 
-__all__ = ["plot_arm_bars", "plot_confusion_matrix", "plot_ratio_trajectory", "save_sample_grid"]
+__all__ = ["plot_arm_bars", "plot_confusion_matrix", "plot_ratio_trajectory", "save_near_copies", "save_sample_grid"]
 
 
 def _figure_to(path: str | os.PathLike, fig) -> None:
@@ -92,6 +92,12 @@ def save_sample_grid(images_by_class: dict[str, Sequence[np.ndarray]], path: str
     fig.suptitle(title)
     _figure_to(path, fig)
     plt.close(fig)
+
+
+def save_near_copies(rows: dict[str, Sequence[np.ndarray]], path: str | os.PathLike) -> None:
+    """The audit's near-copies figure: one row per flagged synthetic image (labelled with its id and relative
+    distance) beside its nearest real image and, where found, its nearest real lesion."""
+    save_sample_grid(rows, path, per_class=3, title="Near-copies (relative distance): synthetic | nearest real image | nearest real lesion")
 
 
 def plot_arm_bars(rows: Sequence[dict], path: str | os.PathLike, metrics: Sequence[tuple[str, str]] = (

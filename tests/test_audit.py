@@ -10,7 +10,7 @@ from PIL import Image
 
 from monai_breastlt.data import load_datalist
 from monai_breastlt.networks import SketchPerceptionNet
-from monai_breastlt.synthesis import PoolAuditor
+from monai_breastlt.synthesis import PoolAuditor, filter_pool
 
 
 def _classifier():
@@ -37,9 +37,9 @@ def test_audit_responds_to_a_corrupted_pool(tiny_phantom, tmp_path):
     assert set(rep_copy["per_class"]) <= set(classes) and rep_copy["overall"]["real_vs_real"]["fid"] >= 0
     assert (tmp_path / "audit/audit_report.json").is_file() and (tmp_path / "audit/audit_grid.png").is_file()
     assert not (tmp_path / "audit/near_copies.png").exists()  # nothing flagged in the noise pool: no figure
-    kept = PoolAuditor.filter_pool(copies, rep_copy, classes, tmp_path / "filtered.json", min_class_prob=0.0)
+    kept = filter_pool(copies, [rep_copy], classes, tmp_path / "filtered.json", min_class_prob=0.0)
     assert kept == []  # every memorised image is dropped
-    kept = PoolAuditor.filter_pool(noise, rep_noise, classes, tmp_path / "filtered.json", min_class_prob=0.0)
+    kept = filter_pool(noise, [rep_noise], classes, tmp_path / "filtered.json", min_class_prob=0.0)
     assert len(kept) == 8 and load_datalist(tmp_path / "filtered.json")[0][0]["id"] == "noise0"
 
 
@@ -141,7 +141,7 @@ def test_audit_flags_a_copied_lesion_on_a_new_background(tmp_path):
     assert o["lesions_found"] == 8 and o["lesion_near_copies"] == 8 and o["near_copies"] <= 2
     assert [r["nearest_real_lesion"] for r in rep["images"]] == [p["source_of_lesion"] for p in pool]
     assert o["memorization"]["real_lesions_flagged"] <= 0.05 and sum(c["lesion_near_copies"] for c in rep["per_class"].values()) == 8
-    assert PoolAuditor.filter_pool(pool, rep, classes, tmp_path / "filtered.json", min_class_prob=0.0) == []
+    assert filter_pool(pool, [rep], classes, tmp_path / "filtered.json", min_class_prob=0.0) == []
     fresh = auditor.audit([{**n, "id": f"n{k}"} for k, n in enumerate(novel)], real)["overall"]
     assert fresh["lesions_found"] == len(novel) and fresh["lesion_near_copies"] == 0 and fresh["near_copies"] == 0
     assert o["lesion_nn_ratio_median"] < 0.5 < 0.8 < fresh["lesion_nn_ratio_median"]  # graded as well as flagged
@@ -156,3 +156,28 @@ def test_audit_without_real_masks_compares_whole_images_only(tiny_phantom):
     o = rep["overall"]
     assert o["near_copies"] == 4 and o["lesions_found"] == 0 and o["lesion_near_copies"] == 0
     assert "real_lesions_flagged" not in o["memorization"] and all(i["nearest_real_lesion"] is None for i in rep["images"])
+
+
+def test_filter_records_each_reason_per_class_and_averages_judges(tmp_path):
+    from monai_breastlt.data import load_datalist_file
+
+    classes = ["a", "b"]
+    pool = [{"image": f"x{k}.png", "label": k % 2, "id": f"x{k}"} for k in range(4)]
+
+    def report(probs, copies=(False,) * 4, lesions=(False,) * 4):
+        return {"images": [{"class_prob": p, "near_copy": c, "lesion_near_copy": l} for p, c, l in zip(probs, copies, lesions)]}
+
+    # judge means 0.6, 0.3, 0.8, 0.55; x2 is a copy of a real image, x3 of a real lesion
+    reports = [report([0.7, 0.2, 0.9, 0.5], copies=(False, False, True, False), lesions=(False, False, False, True)),
+               report([0.5, 0.4, 0.7, 0.6])]
+    kept = filter_pool(pool, reports, classes, tmp_path / "f.json", min_class_prob=0.5)
+    assert [i["id"] for i in kept] == ["x0"]
+    rec = load_datalist_file(tmp_path / "f.json")["filtered"]
+    assert rec["per_class"] == {"a": {"kept": 1, "near_copy": 1, "lesion_near_copy": 0, "low_class_prob": 0},
+                                "b": {"kept": 0, "near_copy": 0, "lesion_near_copy": 1, "low_class_prob": 1}}
+    assert {d["id"]: d["reasons"] for d in rec["dropped_images"]} == {"x1": ["low_class_prob"], "x2": ["near_copy"], "x3": ["lesion_near_copy"]}
+    assert rec["judges"] == 2 and rec["kept"] == 1 and rec["dropped"] == 3
+    # the first judge alone would have kept x1? no (0.2); with threshold 0.25 the mean (0.3) keeps it
+    assert [i["id"] for i in filter_pool(pool, reports, classes, tmp_path / "g.json", min_class_prob=0.25)] == ["x0", "x1"]
+    with pytest.raises(ValueError, match="needs audit reports of these 4 images"):
+        filter_pool(pool, [report([0.5] * 3)], classes, tmp_path / "h.json")

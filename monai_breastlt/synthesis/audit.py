@@ -20,9 +20,9 @@ from monai_breastlt.networks import SketchPerceptionNet
 from monai_breastlt.synthesis.memorization import NearestRealCheck
 from monai_breastlt.transforms import PRESCALED_KEY, ultrasound_preprocessing
 from monai_breastlt.utils import atomic_write_json
-from monai_breastlt.visualize import save_sample_grid
+from monai_breastlt.visualize import save_near_copies, save_sample_grid
 
-__all__ = ["PoolAuditor"]
+__all__ = ["PoolAuditor", "audit_pool", "filter_pool"]
 
 
 def _dice(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -158,7 +158,8 @@ class PoolAuditor:
 
     @torch.no_grad()
     def audit(self, pool: Sequence[dict], real: Sequence[dict], out_dir: str | os.PathLike | None = None) -> dict:
-        """The report (per class and overall); with ``out_dir``, also ``audit_report.json`` and ``audit_grid.png``."""
+        """The report (per class and overall); with ``out_dir``, also ``audit_report.json``, ``audit_grid.png`` and
+        ``near_copies.png`` (see :meth:`write`)."""
         if not pool or not real:
             raise ValueError(f"audit needs synthetic and real images (got {len(pool)} and {len(real)}).")
         syn_img, syn_masks = self._images_and_masks(pool)
@@ -167,117 +168,204 @@ class PoolAuditor:
         real_logits, real_feat = self._run(real_img)
         syn_lab = torch.tensor([int(i["label"]) for i in pool])
         real_lab = torch.tensor([int(i["label"]) for i in real])
-        nanmean = lambda v: float(np.nanmean(v.numpy())) if not torch.isnan(v).all() else float("nan")  # noqa: E731
-        nanmedian = lambda v: float(np.nanmedian(v.numpy())) if not torch.isnan(v).all() else float("nan")  # noqa: E731
         probs = torch.softmax(syn_logits, 1)
+        mem = self._memorisation(syn_img, syn_masks, real_img, real_masks, real)
+        adherence, chance = self._adherence(pool, syn_img)
+        half = torch.arange(len(real_feat)) % 2 == 0
         pred_lab = probs.argmax(1)
         correct = pred_lab == syn_lab
-        taken = confusion_matrix(syn_lab.tolist(), pred_lab.tolist(), len(self.classes))  # row c: what class c is taken for
-        # memorisation: nearest real image and nearest real lesion, against real-to-real distances of other patients
-        # without any real mask there is nothing to locate real lesions with, and the perception net's contour channel
-        # (trained only where masks exist) has learnt nothing: no lesion check then
-        real_maps = self._lesion_maps(real_img, real_masks) if any(m is not None for m in real_masks) else None
-        syn_maps = self._lesion_maps(syn_img, syn_masks) if real_maps is not None else None
-        self.memorization.fit(real_img, real_maps, [i.get("group", i["image"]) for i in real])
-        mem = self.memorization.query(syn_img, syn_maps)
-        d_syn, near = mem["image_distance"], mem["image_copy"]
-        lesion_d = mem.get("lesion_distance", torch.full((len(pool),), float("nan")))
-        lesion_ratio = mem.get("lesion_ratio", torch.full((len(pool),), float("nan")))
-        lesion_near = mem.get("lesion_copy", torch.zeros(len(pool), dtype=torch.bool))
-        adherence = torch.full((len(pool),), float("nan"))
-        chance = torch.full((len(pool),), float("nan"))
-        if self.perception is not None:
-            has = [k for k, i in enumerate(pool) if i.get("sketch")]
-            if has:
-                cond = torch.stack([self.load_sketch(pool[k]["sketch"]) for k in has]).float()
-                cond = F.interpolate(cond / cond.amax().clamp_min(1), size=syn_img.shape[-2:], mode="bilinear")
-                pred = self._batched(self.perception.predict_sketch, syn_img)
-                cond_bin, pred_bin = (cond > self.sketch_threshold).float(), (pred[has] > self.sketch_threshold).float()
-                adherence[has] = _dice(cond_bin, pred_bin)
-                if len(has) > 1:  # each sketch against another generated image (half the pool away: another source)
-                    chance[has] = _dice(cond_bin, pred_bin.roll(len(has) // 2, 0))
-        on_real: dict[str, dict] = {}  # the classifier's long-tail report on the real images and on their reconstructions
-        if self.autoencoder is not None:
-            recon_pred = self._run(self._reconstruct(real_img))[0].argmax(1)
-            for key, pred in (("real", real_logits.argmax(1)), ("reconstruction", recon_pred)):
-                on_real[key] = report_from_confusion(confusion_matrix(real_lab.tolist(), pred.tolist(), len(self.classes)))
-        half = torch.arange(len(real_feat)) % 2 == 0
         report: dict = {
             "classes": self.classes,
             "overall": {
                 "n": len(pool),
                 "fidelity": float(correct.float().mean()),
-                "sketch_dice": nanmean(adherence),
-                "sketch_dice_chance": nanmean(chance),
-                "near_copies": int(near.sum()),
-                "lesion_near_copies": int(lesion_near.sum()),
+                "sketch_dice": _nanmean(adherence),
+                "sketch_dice_chance": _nanmean(chance),
+                "near_copies": int(mem["image_copy"].sum()),
+                "lesion_near_copies": int(mem["lesion_copy"].sum()),
                 # graded, not only flagged: real images sit near 1 against other patients (memorization.real_median_ratio)
-                "nn_ratio_median": nanmedian(mem["image_ratio"]),
-                "lesion_nn_ratio_median": nanmedian(lesion_ratio),
-                "lesions_found": int((~torch.isnan(lesion_d)).sum()),
+                "nn_ratio_median": _nanmedian(mem["image_ratio"]),
+                "lesion_nn_ratio_median": _nanmedian(mem["lesion_ratio"]),
+                "lesions_found": int((~torch.isnan(mem["lesion_distance"])).sum()),
                 "memorization": self.memorization.baseline(),  # the rule on the real images: its false-alarm rate
                 **self._distances(syn_feat, real_feat),
                 "real_vs_real": self._distances(real_feat[half], real_feat[~half]),
             },
-            "per_class": {},
+            "per_class": self._per_class(syn_lab, real_lab, correct, pred_lab, adherence, chance, mem, syn_feat, real_feat),
             "images": [
                 {"id": i.get("id", i["image"]), "class_prob": float(probs[k, syn_lab[k]]), "predicted": self.classes[int(pred_lab[k])],
-                 "nn_distance": float(d_syn[k]), "nn_ratio": float(mem["image_ratio"][k]), "near_copy": bool(near[k]),
-                 "nearest_real": real[int(mem["image_nearest"][k])]["image"],
-                 "lesion_nn_distance": float(lesion_d[k]), "lesion_nn_ratio": float(lesion_ratio[k]), "lesion_near_copy": bool(lesion_near[k]),
-                 "nearest_real_lesion": real[int(mem["lesion_nearest"][k])]["image"] if not torch.isnan(lesion_d[k]) else None,
+                 "nn_distance": float(mem["image_distance"][k]), "nn_ratio": float(mem["image_ratio"][k]),
+                 "near_copy": bool(mem["image_copy"][k]), "nearest_real": real[int(mem["image_nearest"][k])]["image"],
+                 "lesion_nn_distance": float(mem["lesion_distance"][k]), "lesion_nn_ratio": float(mem["lesion_ratio"][k]),
+                 "lesion_near_copy": bool(mem["lesion_copy"][k]),
+                 "nearest_real_lesion": real[int(mem["lesion_nearest"][k])]["image"] if not torch.isnan(mem["lesion_distance"][k]) else None,
                  "sketch_dice": float(adherence[k])}
                 for k, i in enumerate(pool)
             ],
         }
-        for c, name in enumerate(self.classes):
-            sel, rsel = syn_lab == c, real_lab == c
-            if not sel.any():
-                continue
-            report["per_class"][name] = {
-                "n": int(sel.sum()),
-                "fidelity": float(correct[sel].float().mean()),
-                "sketch_dice": nanmean(adherence[sel]),
-                "sketch_dice_chance": nanmean(chance[sel]),
-                "near_copies": int(near[sel].sum()),
-                "lesion_near_copies": int(lesion_near[sel].sum()),
-                "nn_ratio_median": nanmedian(mem["image_ratio"][sel]),
-                "lesion_nn_ratio_median": nanmedian(lesion_ratio[sel]),
-                "taken_for": {n: float(taken[c, k] / taken[c].sum()) for k, n in enumerate(self.classes) if taken[c, k]},
-                **self._distances(syn_feat[sel], real_feat[rsel]),
-            }
-            for key, rep in on_real.items():
-                if rep["support"][c]:
-                    report["per_class"][name][f"{key}_accuracy"] = rep["recall"][c]
-        for key, rep in on_real.items():  # balanced over every real class, pooled or not
-            report["overall"][f"{key}_balanced_accuracy"] = rep["balanced_accuracy"]
+        if self.autoencoder is not None:
+            self._add_real_accuracy(report, real_img, real_logits, real_lab)
         if out_dir is not None:
-            out = Path(out_dir)
-            atomic_write_json(report, out / "audit_report.json")
-            grid = {n: [syn_img[k, 0].numpy() for k in torch.nonzero(syn_lab == c).flatten()[:6].tolist()] for c, n in enumerate(self.classes) if (syn_lab == c).any()}
-            save_sample_grid(grid, out / "audit_grid.png")
-            flagged = torch.nonzero(near | lesion_near).flatten().tolist()
-            (out / "near_copies.png").unlink(missing_ok=True)  # a previous audit's figure must not outlive its flags
-            if flagged:  # what a reviewer must look at: each flagged image beside the real image(s) it resembles
-                closest = torch.fmin(mem["image_ratio"], lesion_ratio)
-                rows = {}
-                for k in sorted(flagged, key=lambda k: float(closest[k]))[: self.copies_shown]:
-                    shown = [syn_img[k, 0].numpy(), real_img[int(mem["image_nearest"][k]), 0].numpy()]
-                    if not torch.isnan(lesion_d[k]):
-                        shown.append(real_img[int(mem["lesion_nearest"][k]), 0].numpy())
-                    rows[f"{pool[k].get('id', k)} ({float(closest[k]):.2f})"] = shown
-                save_sample_grid(rows, out / "near_copies.png", per_class=3,
-                                 title="Near-copies (relative distance): synthetic | nearest real image | nearest real lesion")
+            self.write(report, out_dir, pool, syn_img, syn_lab, real_img, mem)
         return report
 
-    @staticmethod
-    def filter_pool(pool: Sequence[dict], report: dict, classes: Sequence[str], path: str | os.PathLike,
-                    min_class_prob: float = 0.5, drop_near_copies: bool = True) -> list[dict]:
-        """Keep images the real-data classifier assigns to their class with ``>= min_class_prob`` and that are not
-        near-copies of a real image or of a real lesion; write the filtered manifest to ``path`` and return its entries."""
-        keep = [
-            item for item, img in zip(pool, report["images"])
-            if img["class_prob"] >= min_class_prob and not (drop_near_copies and (img["near_copy"] or img.get("lesion_near_copy", False)))
-        ]
-        write_datalist(path, {"training": keep}, classes, filtered={"min_class_prob": min_class_prob, "drop_near_copies": drop_near_copies})
-        return keep
+    def _memorisation(self, syn_img, syn_masks, real_img, real_masks, real: Sequence[dict]) -> dict:
+        """Nearest real image and nearest real lesion of every synthetic image, against real-to-real distances of
+        other patients. Without any real mask there is nothing to locate real lesions with, and the perception net's
+        contour channel (trained only where masks exist) has learnt nothing: no lesion check then."""
+        real_maps = self._lesion_maps(real_img, real_masks) if any(m is not None for m in real_masks) else None
+        syn_maps = self._lesion_maps(syn_img, syn_masks) if real_maps is not None else None
+        self.memorization.fit(real_img, real_maps, [i.get("group", i["image"]) for i in real])
+        mem = self.memorization.query(syn_img, syn_maps)
+        n = len(syn_img)
+        mem.setdefault("lesion_distance", torch.full((n,), float("nan")))
+        mem.setdefault("lesion_ratio", torch.full((n,), float("nan")))
+        mem.setdefault("lesion_copy", torch.zeros(n, dtype=torch.bool))
+        return mem
+
+    def _adherence(self, pool: Sequence[dict], syn_img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sketch Dice of every generated image (NaN without a sketch or a perception net) and its chance level."""
+        adherence = torch.full((len(pool),), float("nan"))
+        chance = torch.full((len(pool),), float("nan"))
+        has = [k for k, i in enumerate(pool) if i.get("sketch")]
+        if self.perception is None or not has:
+            return adherence, chance
+        cond = torch.stack([self.load_sketch(pool[k]["sketch"]) for k in has]).float()
+        cond = F.interpolate(cond / cond.amax().clamp_min(1), size=syn_img.shape[-2:], mode="bilinear")
+        pred = self._batched(self.perception.predict_sketch, syn_img)
+        cond_bin, pred_bin = (cond > self.sketch_threshold).float(), (pred[has] > self.sketch_threshold).float()
+        adherence[has] = _dice(cond_bin, pred_bin)
+        if len(has) > 1:  # each sketch against another generated image (half the pool away: another source)
+            chance[has] = _dice(cond_bin, pred_bin.roll(len(has) // 2, 0))
+        return adherence, chance
+
+    def _per_class(self, syn_lab, real_lab, correct, pred_lab, adherence, chance, mem, syn_feat, real_feat) -> dict:
+        """Every figure of the report per generated class; ``taken_for`` is the class's row of the confusion matrix."""
+        taken = confusion_matrix(syn_lab.tolist(), pred_lab.tolist(), len(self.classes))
+        out = {}
+        for c, name in enumerate(self.classes):
+            sel = syn_lab == c
+            if not sel.any():
+                continue
+            out[name] = {
+                "n": int(sel.sum()),
+                "fidelity": float(correct[sel].float().mean()),
+                "sketch_dice": _nanmean(adherence[sel]),
+                "sketch_dice_chance": _nanmean(chance[sel]),
+                "near_copies": int(mem["image_copy"][sel].sum()),
+                "lesion_near_copies": int(mem["lesion_copy"][sel].sum()),
+                "nn_ratio_median": _nanmedian(mem["image_ratio"][sel]),
+                "lesion_nn_ratio_median": _nanmedian(mem["lesion_ratio"][sel]),
+                "taken_for": {n: float(taken[c, k] / taken[c].sum()) for k, n in enumerate(self.classes) if taken[c, k]},
+                **self._distances(syn_feat[sel], real_feat[real_lab == c]),
+            }
+        return out
+
+    def _add_real_accuracy(self, report: dict, real_img, real_logits, real_lab) -> None:
+        """The classifier on the real images and on their autoencoder reconstructions: per class (where the class is
+        generated) and balanced over every real class."""
+        recon_pred = self._run(self._reconstruct(real_img))[0].argmax(1)
+        for key, pred in (("real", real_logits.argmax(1)), ("reconstruction", recon_pred)):
+            rep = report_from_confusion(confusion_matrix(real_lab.tolist(), pred.tolist(), len(self.classes)))
+            for c, name in enumerate(self.classes):
+                if name in report["per_class"] and rep["support"][c]:
+                    report["per_class"][name][f"{key}_accuracy"] = rep["recall"][c]
+            report["overall"][f"{key}_balanced_accuracy"] = rep["balanced_accuracy"]
+
+    def write(self, report: dict, out_dir: str | os.PathLike, pool: Sequence[dict], syn_img: torch.Tensor,
+              syn_lab: torch.Tensor, real_img: torch.Tensor, mem: dict) -> None:
+        """``audit_report.json``, ``audit_grid.png`` and, when images are flagged, ``near_copies.png``: the closest
+        flagged images beside the real image and the real lesion they resemble (a previous audit's figure is removed,
+        so it never outlives its flags)."""
+        out = Path(out_dir)
+        atomic_write_json(report, out / "audit_report.json")
+        grid = {n: [syn_img[k, 0].numpy() for k in torch.nonzero(syn_lab == c).flatten()[:6].tolist()]
+                for c, n in enumerate(self.classes) if (syn_lab == c).any()}
+        save_sample_grid(grid, out / "audit_grid.png")
+        flagged = torch.nonzero(mem["image_copy"] | mem["lesion_copy"]).flatten().tolist()
+        (out / "near_copies.png").unlink(missing_ok=True)
+        if flagged:
+            closest = torch.fmin(mem["image_ratio"], mem["lesion_ratio"])
+            rows = {}
+            for k in sorted(flagged, key=lambda k: float(closest[k]))[: self.copies_shown]:
+                shown = [syn_img[k, 0].numpy(), real_img[int(mem["image_nearest"][k]), 0].numpy()]
+                if not torch.isnan(mem["lesion_distance"][k]):
+                    shown.append(real_img[int(mem["lesion_nearest"][k]), 0].numpy())
+                rows[f"{pool[k].get('id', k)} ({float(closest[k]):.2f})"] = shown
+            save_near_copies(rows, out / "near_copies.png")
+
+
+def _nanmean(v: torch.Tensor) -> float:
+    return float(np.nanmean(v.numpy())) if not torch.isnan(v).all() else float("nan")
+
+
+def _nanmedian(v: torch.Tensor) -> float:
+    return float(np.nanmedian(v.numpy())) if not torch.isnan(v).all() else float("nan")
+
+
+def filter_pool(
+    pool: Sequence[dict],
+    reports: Sequence[dict],
+    classes: Sequence[str],
+    path: str | os.PathLike,
+    min_class_prob: float = 0.5,
+    drop_near_copies: bool = True,
+) -> list[dict]:
+    """Drop near-copies of real images or lesions and the images that real-data classifiers do not take for their class
+    (the in-distribution filter of DiffuLT, Shao et al. 2024); write the kept entries to ``path`` and return them.
+
+    The manifest records, per class, how many images were kept and how many were dropped for each reason (an image
+    may have several), and each dropped image with its reasons.
+
+    Args:
+        pool: the pool's entries, in the audit's order.
+        reports: audit reports of the pool by one or more real-data classifiers (judges); an image's class probability is
+            the mean over them; the near-copy flags (judge-independent) come from the first.
+        classes: class names in label order.
+        path: the filtered manifest (written atomically).
+        min_class_prob: the least mean probability of the image's own class that keeps it.
+        drop_near_copies: drop images flagged as near-copies of a real image or of a real lesion.
+    """
+    if not reports or any(len(r["images"]) != len(pool) for r in reports):
+        raise ValueError(f"filter_pool needs audit reports of these {len(pool)} images (got {[len(r['images']) for r in reports]}).")
+    if not 0.0 <= min_class_prob <= 1.0:
+        raise ValueError(f"min_class_prob must be in [0, 1], got {min_class_prob}.")
+    keep, dropped = [], []
+    per_class = {n: {"kept": 0, "near_copy": 0, "lesion_near_copy": 0, "low_class_prob": 0} for n in classes}
+    for k, item in enumerate(pool):
+        first = reports[0]["images"][k]
+        prob = float(np.mean([r["images"][k]["class_prob"] for r in reports]))
+        reasons = [r for r, hit in (("near_copy", drop_near_copies and first["near_copy"]),
+                                    ("lesion_near_copy", drop_near_copies and first.get("lesion_near_copy", False)),
+                                    ("low_class_prob", prob < min_class_prob)) if hit]
+        counts = per_class[classes[int(item["label"])]]
+        for r in reasons:
+            counts[r] += 1
+        if reasons:
+            dropped.append({"id": item.get("id", item["image"]), "class": classes[int(item["label"])], "class_prob": prob, "reasons": reasons})
+        else:
+            counts["kept"] += 1
+            keep.append(item)
+    record = {"min_class_prob": min_class_prob, "drop_near_copies": drop_near_copies, "judges": len(reports),
+              "kept": len(keep), "dropped": len(dropped), "per_class": per_class, "dropped_images": dropped}
+    write_datalist(path, {"training": keep}, classes, filtered=record)
+    return keep
+
+
+def audit_pool(
+    auditor: PoolAuditor,
+    pool: Sequence[dict],
+    real: Sequence[dict],
+    audit_dir: str | os.PathLike,
+    filtered_manifest: str | os.PathLike | None = None,
+    filter: bool = False,
+    min_class_prob: float = 0.5,
+) -> dict:
+    """Audit ``pool`` into ``audit_dir`` and, with ``filter``, write the filtered pool to ``filtered_manifest`` (see
+    :func:`filter_pool`); what the synthesis bundle's ``audit.yaml`` runs. Returns the audit report."""
+    if filter and filtered_manifest is None:
+        raise ValueError("audit_pool: filter=True needs a filtered_manifest path.")
+    report = auditor.audit(pool, real, audit_dir)
+    if filter:
+        filter_pool(pool, [report], auditor.classes, filtered_manifest, min_class_prob)
+    return report
