@@ -13,9 +13,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from monai_breastlt.workflows import TINY_NETS, find_bundles, run_bundle, train_synthesis
-from monai_breastlt.data import generate_phantom
+from monai_breastlt.data import generate_phantom, load_datalist, prepare_benchmark_data
+from monai_breastlt.synthesis import filter_pool
 from monai_breastlt.utils import atomic_write_json, read_json
+from monai_breastlt.workflows import TINY_NETS, find_bundles, run_bundle, train_synthesis
 
 __all__ = ["SYNTHESIS_PROFILES", "benchmark_synthesis", "format_synthesis_report"]
 
@@ -65,15 +66,17 @@ def benchmark_synthesis(
     image_size: int | None = None,
     target_mode: str = "fill",
     target_n: int | None = None,
+    cross_class_sketches: bool = False,
+    min_class_prob: float = 0.5,
 ) -> dict:
-    """Phantom (or your data) -> synthesis bundle (all stages + pool) -> real-only classifier -> audit; resumable by
-    stage.
+    """Phantom (or your data) -> synthesis bundle (all stages + pool) -> real-only classifiers (judges) -> audit ->
+    filtered pool; resumable by stage.
 
     Args:
-        out_dir: output folder (``data/`` with the phantom and ``data/pool``, ``synthesis/``, ``classifier/``).
+        out_dir: output folder (``data/`` with the phantom and ``data/pool``, ``synthesis/``, ``classifier*/``).
         profile: a key of :data:`SYNTHESIS_PROFILES`.
         seed: seed of the phantom, the networks and the sampling.
-        bundles_dir: folder holding the two bundles (default: the repository's).
+        bundles_dir: folder holding the two bundles (default: the package's).
         log: progress printer.
         data_source: real data instead of the phantom (anything :func:`~monai_breastlt.data.read_any_source` reads);
             it is split by patient exactly as ``bench lt`` splits it (same ``min_count``, seed 0), so the pool made
@@ -83,6 +86,9 @@ def benchmark_synthesis(
             ``bench lt --imbalance-ratio`` does.
         image_size: image side (default: the profile's).
         target_mode, target_n: how many images per class the pool gets (see ``plan_targets``).
+        cross_class_sketches: also make ``data/pool_xc``: the same models, sketches drawn from every class's images
+            (layouts a tail class never had), audited and filtered the same way.
+        min_class_prob: the filter's threshold on the judges' mean probability of an image's own class.
 
     Returns:
         the benchmark report (also written to ``synthesis_benchmark.json`` and ``.md``).
@@ -96,14 +102,7 @@ def benchmark_synthesis(
     out = Path(out_dir).resolve()
     data = out / "data"
     start = time.time()
-    if data_source is not None:
-        from monai_breastlt.data import prepare_benchmark_data
-
-        prepare_benchmark_data(data_source, data, imbalance_ratio, min_count)
-        cfg.update(source=str(data_source), min_count=min_count, data_imbalance_ratio=imbalance_ratio)
-        del cfg["head_count"], cfg["imbalance_ratio"], cfg["judge_count"]  # phantom settings, unused here
-    elif not (data / "datalist.json").is_file():
-        generate_phantom(data, cfg["head_count"], cfg["imbalance_ratio"], cfg["image_size"], seed)
+    judge_data = _prepare_data(cfg, out, seed, data_source, min_count, imbalance_ratio)
     common = {"dataset_dir": str(data), "output_dir": str(out / "synthesis"), "image_size": cfg["image_size"],
               "batch_size": cfg["batch_size"], "seed": seed, "class_balance": cfg["class_balance"],
               "checkpoint_interval": cfg["checkpoint_interval"], **cfg["nets"]}
@@ -112,16 +111,48 @@ def benchmark_synthesis(
                 "target_mode": target_mode, "target_n": target_n}
     lrs = {stage: {"learning_rate": lr} for stage, lr in cfg["lr"].items()}
     times = train_synthesis(syn, common, epochs, generate=generate, log=log, stage_overrides=lrs)
+    judges = _train_judges(cls, cfg, judge_data, out, seed, times, log)
+    t = time.time()
+    report = {"profile": profile, "settings": cfg, "seed": seed,
+              **_audit_and_filter(syn, common, data / "pool", judges, min_class_prob, log)}
+    if cross_class_sketches:
+        xc = data / "pool_xc"
+        log("synthesis bundle: inference.yaml (pool with cross-class sketches)")
+        run_bundle(syn, ["common.yaml", "inference.yaml"], workflow_type="infer", **common, **generate, pool_dir=str(xc),
+                   cross_class_sketches=True)
+        report["cross_class"] = _audit_and_filter(syn, common, xc, judges, min_class_prob, log)
+    times["audit"] = time.time() - t
+    report.update(seconds=times, total_s=sum(times.values()), wall_s=time.time() - start)
+    atomic_write_json(report, out / "synthesis_benchmark.json")
+    text = format_synthesis_report(report)
+    (out / "synthesis_benchmark.md").write_text(text)  # a rendering of the JSON above, rewritten on every run
+    return report
 
-    # the judges: classifiers trained on real images only, with class-balanced sampling so the tail is learnt too; a
-    # judge retrained with another seed (or only other floating-point rounding) moves macro fidelity by several points
-    # (docs/benchmarks.md, session 11), so fidelity is the mean over `judges` of them, each with its own seed
-    judge_data = data
-    if data_source is None:  # the phantom's labels are ground truth: an independent balanced set (another seed)
-        judge_data = out / "judge_data"
-        if not (judge_data / "datalist.json").is_file():
-            n_classes = len(read_json(data / "datalist.json")["classes"])
-            generate_phantom(judge_data, image_size=cfg["image_size"], seed=seed + 1000, counts=[cfg["judge_count"]] * n_classes)
+
+def _prepare_data(cfg: dict, out: Path, seed: int, data_source, min_count: int, imbalance_ratio) -> Path:
+    """The generator's data in ``out/data`` (your data split as ``bench lt`` splits it, or a phantom) and the judges'
+    data folder, which it returns: the same split for your data; for the phantom, whose labels are ground truth, an
+    independent class-balanced phantom (another seed), so fidelity measures the generator rather than how few real
+    tail images a judge learnt from."""
+    data = out / "data"
+    if data_source is not None:
+        prepare_benchmark_data(data_source, data, imbalance_ratio, min_count)
+        cfg.update(source=str(data_source), min_count=min_count, data_imbalance_ratio=imbalance_ratio)
+        del cfg["head_count"], cfg["imbalance_ratio"], cfg["judge_count"]  # phantom settings, unused here
+        return data
+    if not (data / "datalist.json").is_file():
+        generate_phantom(data, cfg["head_count"], cfg["imbalance_ratio"], cfg["image_size"], seed)
+    judge_data = out / "judge_data"
+    if not (judge_data / "datalist.json").is_file():
+        n_classes = len(read_json(data / "datalist.json")["classes"])
+        generate_phantom(judge_data, image_size=cfg["image_size"], seed=seed + 1000, counts=[cfg["judge_count"]] * n_classes)
+    return judge_data
+
+
+def _train_judges(cls: Path, cfg: dict, judge_data: Path, out: Path, seed: int, times: dict, log: Callable[[str], None]) -> list[Path]:
+    """The judges: classifiers trained on real images only, class-balanced so the tail is learnt too, one per seed
+    ``seed, seed + 1...`` (one judge's fidelity moves by several points with its seed, or only its floating-point
+    rounding). Trained ones are skipped; ``times["classifier"]`` gets their training seconds."""
     judges = [out / ("classifier" if k == 0 else f"classifier_{k}") for k in range(cfg["judges"])]
     times["classifier"] = 0.0
     for k, judge in enumerate(judges):
@@ -136,21 +167,38 @@ def benchmark_synthesis(
             atomic_write_json({"seconds": time.time() - t}, judge / "train_seconds.json")
         else:
             log(f"classification bundle: real-data classifier {k + 1}/{len(judges)} already trained, skipped")
-        if (judge / "train_seconds.json").is_file():  # kept across resumes so the total below counts every stage once
+        if (judge / "train_seconds.json").is_file():  # kept across resumes so the total counts every stage once
             times["classifier"] += read_json(judge / "train_seconds.json")["seconds"]
-    log("synthesis bundle: audit.yaml")
-    t = time.time()
-    # the first judge's audit is the report (FID on its features, memorisation...); the others add their fidelity and
-    # their accuracy on real images (which the audit computes with the reconstructions)
+    return judges
+
+
+def _audit_and_filter(syn: Path, common: dict, pool_dir: Path, judges: list[Path], min_class_prob: float,
+                      log: Callable[[str], None]) -> dict:
+    """Audit ``pool_dir`` with every judge, write ``pool_filtered.json`` (near-copies and images the judges do not
+    take for their class dropped) and summarise: per class and macro figures, each judge's, and the filter record."""
+    log(f"synthesis bundle: audit.yaml ({pool_dir.name}, {len(judges)} judges)")
+    manifest = pool_dir / "pool.json"
     audits = []
     for k, judge in enumerate(judges):
-        audit_dir = data / "pool" / ("audit" if k == 0 else f"audit_judge{k}")
-        extra = {} if k == 0 else {"audit_dir": str(audit_dir)}
-        run_bundle(syn, ["common.yaml", "audit.yaml"], workflow_type="infer", classifier_ckpt=str(judge / "models" / "model.pt"), **common, **extra)
+        # the first judge's audit is the report (FID on its features, memorisation...); the others add their fidelity
+        # and their accuracy on real images
+        audit_dir = pool_dir / ("audit" if k == 0 else f"audit_judge{k}")
+        run_bundle(syn, ["common.yaml", "audit.yaml"], workflow_type="infer", classifier_ckpt=str(judge / "models" / "model.pt"),
+                   pool_manifest=str(manifest), audit_dir=str(audit_dir), **common)
         audits.append(read_json(audit_dir / "audit_report.json"))
-    times["audit"] = time.time() - t
+    pool_doc = read_json(manifest)
+    filter_pool(load_datalist(manifest)[0], audits, pool_doc["classes"], pool_dir / "pool_filtered.json", min_class_prob)
+    summary = _summarise(audits, read_json(judges[0] / "test_report.json"))
+    summary["filtered"] = read_json(pool_dir / "pool_filtered.json")["filtered"]
+    summary["filtered"].pop("dropped_images")  # listed in the manifest itself
+    summary["sample_grid"] = str(pool_dir / "sample_grid.png")
+    return summary
+
+
+def _summarise(audits: list[dict], real: dict) -> dict:
+    """Per-class figures (fidelity the mean over judges) and the macro figures of a pool's audits; ``real``: the first
+    judge's test report."""
     audit = audits[0]
-    real = read_json(judges[0] / "test_report.json")
     per_class = {}
     for c, name in enumerate(audit["classes"]):
         a = audit["per_class"].get(name, {})
@@ -164,12 +212,10 @@ def benchmark_synthesis(
                            "taken_for": a.get("taken_for", {}), "near_copies": a.get("near_copies"),
                            "lesion_near_copies": a.get("lesion_near_copies"), "nn_ratio_median": a.get("nn_ratio_median"),
                            "lesion_nn_ratio_median": a.get("lesion_nn_ratio_median")}
-
     fids = [v["fidelity"] for v in per_class.values() if v["fidelity"] is not None]
-    # the same judge on real images of the same subtypes: what fidelity a perfect generator would get from this judge
+    # the same judges on real images of the same subtypes: what fidelity a perfect generator would get from them
     reals = [v["real_accuracy"] for v in per_class.values() if v["fidelity"] is not None and v["real_accuracy"] is not None]
-    report = {
-        "profile": profile, "settings": cfg, "seed": seed,
+    return {
         "macro_fidelity": sum(fids) / len(fids) if fids else float("nan"),
         "macro_real_accuracy": sum(reals) / len(reals) if reals and len(reals) == len(fids) else None,
         "macro_fidelity_judges": [_macro(x, "fidelity") for x in audits],
@@ -177,13 +223,7 @@ def benchmark_synthesis(
         "overall": audit["overall"],
         "real_test_balanced_accuracy": real.get("balanced_accuracy"),
         "per_class": per_class,
-        "seconds": times, "total_s": sum(times.values()), "wall_s": time.time() - start,
-        "sample_grid": str(data / "pool" / "sample_grid.png"),
     }
-    atomic_write_json(report, out / "synthesis_benchmark.json")
-    text = format_synthesis_report(report)
-    (out / "synthesis_benchmark.md").write_text(text)  # a rendering of the JSON above, rewritten on every run
-    return report
 
 
 def _mean(values: list) -> float | None:
@@ -212,26 +252,37 @@ def _memorization_line(overall: dict) -> str:
 
 
 def format_synthesis_report(report: dict) -> str:
-    """Markdown: per-class table, overall figures against the targets."""
+    """Markdown: per-class table and overall figures against the targets, for the pool and, when made, the pool with
+    cross-class sketches; then the stage times."""
+    text = _format_pool(report, report["settings"])
+    if "cross_class" in report:
+        text += "\n### Pool with cross-class sketches\n\n" + _format_pool(report["cross_class"], report["settings"])
+    return text + (f"\n- seconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in report["seconds"].items())
+                   + f"; total {report['total_s']:.0f} s (this invocation {report['wall_s']:.0f} s)\n")
+
+
+def _format_pool(report: dict, settings: dict) -> str:
+    """The per-class table and the overall lines of one pool's summary."""
     pct = lambda v: "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"  # noqa: E731
     num = lambda v: "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"  # noqa: E731
     o = report["overall"]
     # on the phantom the judge learns from an independent phantom; on a data source, from the same training split
-    held = "its own training images" if "source" in report["settings"] else "held out from the judge"
-    # fidelity relative to what this judge gives real images: on a phantom with look-alike subtypes no generator that
+    held = "its own training images" if "source" in settings else "held out from the judge"
+    # fidelity relative to what the judges give real images: on a phantom with look-alike subtypes no generator that
     # draws the real class distribution can score above the real-image figure, so the ratio is the comparable one
     real_acc = report.get("macro_real_accuracy")
-    ratio = f" (synthetic / real: {report['macro_fidelity'] / real_acc:.2f})" if real_acc else ""
+    ratio = f" (synthetic / real: {report['macro_fidelity'] / real_acc:.2f}; target >= 0.9)" if real_acc else ""
     each = report.get("macro_fidelity_judges") or []
-    judges = (f"mean of {len(each)} judges: " + ", ".join(pct(f) for f in each) + "; ") if len(each) > 1 else ""
+    judges = (f" (mean of {len(each)} judges: " + ", ".join(pct(f) for f in each) + ")") if len(each) > 1 else ""
     each_real = report.get("macro_real_accuracy_judges") or []
     judges_real = (" (" + ", ".join(pct(f) for f in each_real) + ")") if len(each_real) > 1 and None not in each_real else ""
     lines = [
         "| subtype | synthetic images | class fidelity % | judge recall on real test % (first judge) | judges on real / "
         "autoencoded real training images % | otherwise taken for % (first judge) | sketch Dice (chance) | FID vs real | near-copies: image / lesion | "
-        "median relative distance to the nearest real: image / lesion |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "median relative distance to the nearest real: image / lesion | kept by the filter |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    kept = (report.get("filtered") or {}).get("per_class", {})
     for name, v in report["per_class"].items():
         others = sorted(((f, n) for n, f in v.get("taken_for", {}).items() if n != name), reverse=True)
         lines.append(
@@ -240,14 +291,14 @@ def format_synthesis_report(report: dict) -> str:
             f"{', '.join(f'{n} {pct(f)}' for f, n in others[:2]) or '-'} | "
             f"{num(v['sketch_dice'])} ({num(v.get('sketch_dice_chance'))}) | {num(v['fid'])} | "
             f"{v.get('near_copies', 'n/a')} / {v.get('lesion_near_copies', 'n/a')} | "
-            f"{num(v.get('nn_ratio_median'))} / {num(v.get('lesion_nn_ratio_median'))} |"
+            f"{num(v.get('nn_ratio_median'))} / {num(v.get('lesion_nn_ratio_median'))} | {kept.get(name, {}).get('kept', 'n/a')} |"
         )
     lines += [
         "",
-        f"- class fidelity, macro over classes: **{pct(report['macro_fidelity'])} %** ({judges}target >= 80 %); over all "
+        f"- class fidelity, macro over classes: **{pct(report['macro_fidelity'])} %**{judges}; the judges on real images of "
+        f"the same subtypes (macro): {pct(report.get('macro_real_accuracy'))} %{judges_real}{ratio}; over all "
         f"{o['n']} images (first judge): {pct(o['fidelity'])} %; the first judge's balanced accuracy on real test images: "
-        f"{pct(report['real_test_balanced_accuracy'])} %; the judges on real images of the same subtypes (macro): "
-        f"{pct(report.get('macro_real_accuracy'))} %{judges_real}{ratio}",
+        f"{pct(report['real_test_balanced_accuracy'])} %",
         f"- the first judge on the generator's real training images ({held}), balanced: "
         f"{pct(o.get('real_balanced_accuracy'))} %; on their "
         f"autoencoder reconstructions: {pct(o.get('reconstruction_balanced_accuracy'))} % (what the first stage leaves "
@@ -257,7 +308,13 @@ def format_synthesis_report(report: dict) -> str:
         f"- FID on the judge's features: **{num(o['fid'])}** vs **{num(o['real_vs_real']['fid'])}** real vs real "
         f"(MMD {o['mmd']:.4f} vs {o['real_vs_real']['mmd']:.4f})",
         _memorization_line(o),
-        "- seconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in report["seconds"].items()) + f"; total {report['total_s']:.0f} s (this invocation {report['wall_s']:.0f} s)",
-        f"- sample grid: {report['sample_grid']}",
     ]
+    f = report.get("filtered")
+    if f:
+        reasons = {r: sum(c[r] for c in f["per_class"].values()) for r in ("near_copy", "lesion_near_copy", "low_class_prob")}
+        lines.append(f"- filtered pool (pool_filtered.json): {f['kept']} of {f['kept'] + f['dropped']} images kept; dropped as "
+                     f"near-copies of a real image {reasons['near_copy']}, of a real lesion {reasons['lesion_near_copy']}, "
+                     f"with the judges' mean probability of their class below {f['min_class_prob']} {reasons['low_class_prob']} "
+                     "(an image may have several reasons)")
+    lines.append(f"- sample grid: {report['sample_grid']}")
     return "\n".join(lines) + "\n"

@@ -33,6 +33,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--image-size", type=int, default=None, help="image side (default: the profile's)")
     s.add_argument("--target-mode", default="fill", choices=["fill", "up_to", "each"], help="pool size per class")
     s.add_argument("--target-n", type=int, default=None, help="N of up_to / each")
+    s.add_argument("--cross-class-sketches", action="store_true",
+                   help="also make data/pool_xc with sketches from every class's images, audited and filtered the same way")
+    s.add_argument("--min-class-prob", type=float, default=0.5,
+                   help="filter: drop images the judges give less than this mean probability of their own class")
     s.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     s.set_defaults(func=run_synthesis)
 
@@ -95,7 +99,8 @@ def run_synthesis(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     report = benchmark_synthesis(args.out, args.profile, args.seed, args.bundles, data_source=args.data, min_count=args.min_count,
                                  imbalance_ratio=args.imbalance_ratio,
-                                 image_size=args.image_size, target_mode=args.target_mode, target_n=args.target_n)
+                                 image_size=args.image_size, target_mode=args.target_mode, target_n=args.target_n,
+                                 cross_class_sketches=args.cross_class_sketches, min_class_prob=args.min_class_prob)
     print(format_synthesis_report(report))
     return 0
 
