@@ -34,7 +34,8 @@ class AdaptiveSamplerHandler:
     It reads the report of the evaluator's :py:class:`monai_breastlt.metrics.LongTailMetric` named
     ``metric_name``. The ratios are
 
-    - kept per validation in ``trainer.state.ratio_history`` (``{"epoch", "iteration", "ratios"}`` rows);
+    - kept per decision in ``trainer.state.ratio_history`` (``{"epoch", "iteration", "ratios", "ppo_updates"}`` rows;
+      ``ppo_updates``: the policy's learning updates so far, 0 for policies that do not learn);
     - put in ``trainer.state.metrics`` as ``ratio/<class>``, so MONAI's ``MLFlowHandler`` (``--tracking mlflow``)
       logs them per epoch;
     - logged to the active MLflow run, if the user started one with ``mlflow.start_run()``.
@@ -117,7 +118,8 @@ class AdaptiveSamplerHandler:
         progress = min(state.iteration / total, 1.0)
         ratios = np.asarray(self.policy.update(details[self.metric_name], progress), dtype=float)
         self.sampler.set_ratios(ratios)
-        row = {"epoch": int(state.epoch), "iteration": int(state.iteration), "ratios": self.sampler.effective_ratios()}
+        row = {"epoch": int(state.epoch), "iteration": int(state.iteration), "ratios": self.sampler.effective_ratios(),
+               "ppo_updates": int(getattr(self.policy, "num_updates", 0))}
         self.history.append(row)
         state.ratio_history = self.history
         named = {f"ratio/{n}": r for n, r in zip(self.class_names, row["ratios"])}

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from monai.utils import IgniteInfo, min_version, optional_import
 
-from monai_breastlt.utils import atomic_write_json
+from monai_breastlt.utils import atomic_open, atomic_write_json
 from monai_breastlt.visualize import plot_confusion_matrix, plot_ratio_trajectory
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
@@ -21,12 +21,101 @@ if TYPE_CHECKING:
 else:
     Engine, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine", as_type="decorator")
 
-__all__ = ["LongTailReportHandler"]
+__all__ = ["LongTailReportHandler", "PredictionTable", "ValidationHistory"]
+
+
+class PredictionTable:
+    """
+    Write an evaluator's per-image predictions to a CSV when it completes: ``image``, ``label``, ``predicted`` and one
+    probability column per class (softmax of the logits), one row per item in the order of ``items`` (the loader must
+    not shuffle). Per-image rows let results be re-scored later (bootstrap intervals, a malignancy reading...).
+
+    Args:
+        output_path: the CSV (written atomically).
+        items: the evaluated datalist entries, in loader order (their ``image`` names the rows).
+        class_names: class names in label order (the header).
+    """
+
+    def __init__(self, output_path: str | os.PathLike, items: Sequence[dict], class_names: Sequence[str]) -> None:
+        self.output_path = Path(output_path)
+        self.items, self.class_names = list(items), list(class_names)
+        self.rows: list[tuple] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, lambda e: self.rows.clear())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def _collect(self, engine: Engine) -> None:
+        import torch
+        from monai.handlers import from_engine
+
+        preds, labels = from_engine(["pred", "label"])(engine.state.output)
+        for p, y in zip(preds, labels):
+            prob = torch.softmax(torch.as_tensor(p).float().flatten(), 0)
+            self.rows.append((int(torch.as_tensor(y).flatten()[0]), prob.tolist()))
+
+    def __call__(self, engine: Engine) -> None:
+        import csv
+        import io
+
+        if len(self.rows) != len(self.items):
+            raise RuntimeError(f"PredictionTable: {len(self.rows)} predictions for {len(self.items)} items.")
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(["image", "label", "predicted", *(f"p_{c}" for c in self.class_names)])
+        for item, (label, prob) in zip(self.items, self.rows):
+            writer.writerow([item["image"], self.class_names[label], self.class_names[max(range(len(prob)), key=prob.__getitem__)],
+                             *(f"{p:.6f}" for p in prob)])
+        with atomic_open(self.output_path, "w", newline="") as f:
+            f.write(buf.getvalue())
+
+
+class ValidationHistory:
+    """
+    Keep the evaluator's long-tail figures of every validation of a training run, in
+    ``trainer.state.val_history`` (rows ``{"epoch", "iteration", "macro_f1", "balanced_accuracy", "head_recall",
+    "tail_recall"}``), so a report can show whether the validation score had stopped rising. Put it in the resume
+    handlers' ``save_dict`` / ``load_dict`` so a resumed run keeps the rows from before.
+
+    Args:
+        evaluator: the validation engine (run by MONAI's ``ValidationHandler``).
+        metric_name: the name of its :py:class:`~monai_breastlt.metrics.LongTailMetric`.
+    """
+
+    keys = ("macro_f1", "balanced_accuracy", "head_recall", "tail_recall")
+
+    def __init__(self, evaluator: Engine, metric_name: str = "long_tail") -> None:
+        self.evaluator, self.metric_name = evaluator, metric_name
+        self.rows: list[dict] = []
+        self.trainer: Engine | None = None
+
+    def attach(self, engine: Engine) -> None:
+        """Attach to the trainer ``engine``: record on every ``COMPLETED`` of the evaluator."""
+        self.trainer = engine
+        if not self.evaluator.has_event_handler(self, Events.COMPLETED):
+            self.evaluator.add_event_handler(Events.COMPLETED, self)
+        engine.state.val_history = self.rows
+
+    def __call__(self, engine: Engine) -> None:
+        details = (getattr(engine.state, "metric_details", None) or {}).get(self.metric_name)
+        if details is None or self.trainer is None:
+            return
+        state = self.trainer.state
+        self.rows.append({"epoch": int(state.epoch), "iteration": int(state.iteration),
+                          **{k: float(details[k]) for k in self.keys if k in details}})
+
+    def state_dict(self) -> dict:
+        return {"rows": list(self.rows)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rows[:] = state.get("rows", [])
 
 
 class LongTailReportHandler:
     """
-    When the engine completes, write ``<output_dir>/<prefix>report.json`` (the evaluator's long-tail report),
+    When the engine completes, write ``<output_dir>/<prefix>report.json`` (the evaluator's long-tail report, with the
+    trainer's ``ratio_history`` and ``val_history`` where it keeps them),
     ``confusion_matrix.png`` and, for a trainer with a ratio history, ``ratio_trajectory.png``; then log them as
     artifacts of the run of MONAI's ``MLFlowHandler`` attached to the same engine (``--tracking mlflow``), or of
     the active fluent MLflow run. MLflow failures are warnings.
@@ -73,7 +162,8 @@ class LongTailReportHandler:
         self.files = []
         out = self.output_dir
         if report is not None:
-            atomic_write_json({"classes": self.class_names, **report, "ratio_history": history}, out / f"{self.prefix}report.json")
+            atomic_write_json({"classes": self.class_names, **report, "ratio_history": history,
+                               "val_history": getattr(engine.state, "val_history", [])}, out / f"{self.prefix}report.json")
             plot_confusion_matrix(report["confusion_matrix"], self.class_names, out / f"{self.prefix}confusion_matrix.png")
             self.files += [out / f"{self.prefix}report.json", out / f"{self.prefix}confusion_matrix.png"]
         if history:
