@@ -30,7 +30,8 @@ def test_bench_lt_tiny_table_parses_and_resumes(tiny_phantom, tmp_path, capsys):
     out = tmp_path / "bench"
     pool = _fake_pool(tiny_phantom, tmp_path / "pool.json")
     argv = ["bench", "lt", "--data", str(tiny_phantom), "--pool", str(pool), "--out", str(out), "--arms", "ce", "syn_fixed",
-            "--seeds", "1", "--epochs", "2", "--epoch-size", "24", "--image-size", "32", "--batch-size", "8", "--threads", "1"]
+            "--seeds", "1", "--epochs", "2", "--epoch-size", "24", "--image-size", "32", "--batch-size", "8", "--threads", "1",
+            "--unfiltered"]
     assert main(argv) == 0
     table = (out / "results.md").read_text().splitlines()
     header = [c.strip() for c in table[0].strip("|").split("|")]
@@ -73,10 +74,17 @@ def test_prepare_benchmark_data_subsamples_training_only(tiny_phantom, tmp_path)
 def test_bench_lt_refuses_bad_arms_and_missing_pool(tiny_phantom, tmp_path):
     with pytest.raises(ValueError, match="unknown arm"):
         LongTailBenchmark(tiny_phantom, tmp_path, arms=["ce", "mixup"])
-    with pytest.raises(ValueError, match="need a synthetic pool"):
+    with pytest.raises(ValueError, match=r"need --pool POOL"):
         LongTailBenchmark(tiny_phantom, tmp_path, arms=["syn_rl"])
-    with pytest.raises(FileNotFoundError, match="pool manifest not found"):
-        LongTailBenchmark(tiny_phantom, tmp_path, pool=tmp_path / "none.json", arms=["syn_rl"])
+    with pytest.raises(FileNotFoundError, match="pool_filtered.json: synthetic pool manifest not found .run the audit with filtering"):
+        LongTailBenchmark(tiny_phantom, tmp_path, pool=tmp_path / "none", arms=["syn_rl"])
+    with pytest.raises(ValueError, match=r"need --pool-xc POOL_XC"):
+        LongTailBenchmark(tiny_phantom, tmp_path, pool=_fake_pool(tiny_phantom, tmp_path / "p" / "pool.json"), arms=["syn_rl+xc"], unfiltered=True)
+    other = load_datalist_file(tiny_phantom)
+    write_datalist(tmp_path / "q" / "pool_filtered.json", {"synthetic": [{"image": i["image"], "label": 0} for i in other["training"][:2]]},
+                   list(reversed(other["classes"])))
+    with pytest.raises(ValueError, match=r"pool_filtered.json: its classes .* differ from the datalist's"):
+        LongTailBenchmark(tiny_phantom, tmp_path, pool=tmp_path / "q", arms=["syn_rl"])
     assert set(ARMS) >= {"ce", "cb_oversampling", "crt", "ldam_drw", "logit_adjusted_posthoc", "syn_rl", "syn_fill"}
 
 
@@ -87,9 +95,11 @@ def test_summary_and_comparison_by_hand():
     rows = summarize_runs(runs, ["ce", "syn_rl"])
     assert rows[0]["macro_f1_mean"] == pytest.approx(0.5) and rows[0]["macro_f1_std"] == pytest.approx(0.1414, abs=1e-4)
     c = compare_to_baselines(rows)
-    assert c["best_baseline"] == "ce" and c["d_macro_f1"] == pytest.approx(5.0) and c["d_tail_recall"] == pytest.approx(20.0)
-    assert c["d_head_recall_vs_ce"] == pytest.approx(-5.0)
-    assert "| ce | 2 | 50.0 ± 14.1 |" in format_markdown(rows, c)
+    assert c["best_baseline"] == "ce" and c["d_macro_f1"] == pytest.approx(0.05) and c["d_tail_recall"] == pytest.approx(0.2)
+    assert c["d_head_recall_vs_ce"] == pytest.approx(-0.05)
+    text = format_markdown(rows, [c])
+    assert "| ce | 2 | 50.0 ± 14.1 |" in text
+    assert "macro-F1 +5.0 target >= +3: met; tail recall +20.0 target >= +5: met; head recall vs ce -5.0 (target >= -2: not met)" in text
 
 
 def test_pretrained_rl_arm_gets_a_warm_start_once(tiny_phantom, tmp_path):
@@ -97,7 +107,7 @@ def test_pretrained_rl_arm_gets_a_warm_start_once(tiny_phantom, tmp_path):
 
     pool = tmp_path / "pool.json"
     write_datalist(pool, {"training": []}, load_datalist_file(tiny_phantom)["classes"])
-    bench = LongTailBenchmark(prepare_benchmark_data(tiny_phantom, tmp_path), tmp_path, pool=pool, arms=["syn_rl_pretrained"],
+    bench = LongTailBenchmark(prepare_benchmark_data(tiny_phantom, tmp_path), tmp_path, pool=pool, arms=["syn_rl_pretrained", "syn_rl"], unfiltered=True,
                               epochs=3, pretrain_steps=256)
     common = bench._common("syn_rl_pretrained", 0)
     path = Path(common["policy_model_path"])
@@ -110,3 +120,74 @@ def test_pretrained_rl_arm_gets_a_warm_start_once(tiny_phantom, tmp_path):
     warm.reset(counts, 0.3), cold.reset(counts, 0.3)
     w, c = (p.model.policy.state_dict() for p in (warm, cold))
     assert any(not torch.equal(w[k], c[k]) for k in w)  # the pre-trained weights were loaded, not a fresh init
+
+
+def test_bench_lt_additions_statistics_and_a_second_test_set(tiny_phantom, tmp_path, capsys):
+    """+modifiers reach the runs, validation every iteration gives the policies their decisions, the filtered pool is
+    the default, per-image predictions give paired bootstrap intervals, and a second test set is scored through a
+    class map (subtypes and a benign/malignant reading)."""
+    out = tmp_path / "bench"
+    pool_dir = tmp_path / "pool"
+    _fake_pool(tiny_phantom, pool_dir / "pool.json")
+    doc = load_datalist_file(tiny_phantom)
+    write_datalist(pool_dir / "pool_filtered.json", {"synthetic": [{"image": i["image"], "label": i["label"]} for i in doc["training"][::2]]},
+                   doc["classes"])
+    classes = doc["classes"]
+    cmap = tmp_path / "map.json"  # the phantom's own test split as "another hospital": 2 subtypes mapped, the rest grouped
+    cmap.write_text(json.dumps({"classes": {classes[0]: classes[0], classes[1]: classes[1]},
+                                "groups": {c: ("malignant" if "carcinoma" in c else "benign") for c in classes},
+                                "label_groups": {c: ("malignant" if "carcinoma" in c else "benign") for c in classes[2:]}}))
+    argv = ["bench", "lt", "--data", str(tiny_phantom), "--pool", str(pool_dir), "--out", str(out), "--arms", "ce",
+            "syn_rl+freq+smooth+w+crt", "--seeds", "2", "--epochs", "3", "--epoch-size", "24", "--image-size", "32",
+            "--batch-size", "8", "--val-every", "1", "--ppo-n-steps", "2", "--test", str(tiny_phantom), "--class-map", str(cmap),
+            "--threads", "1"]
+    assert main(argv) == 0
+    runs = list(csv.DictReader((out / "runs.csv").open()))
+    assert [r["arm"] for r in runs] == ["ce", "syn_rl+freq+smooth+w+crt"] * 2
+    assert all(r["validations"] == "9" and r["plateaued"] in ("True", "False") for r in runs)  # 3 epochs x 3 iterations
+    stage1 = out / "runs" / "syn_rl+freq+smooth+w" / "seed0"
+    history = json.loads((stage1 / "val_report.json").read_text())["ratio_history"]
+    assert len(history) == 9 and history[-1]["ppo_updates"] == 4  # a decision at every validation; n_steps 2
+    ce_history = json.loads((out / "runs" / "ce" / "seed0" / "val_report.json").read_text())["val_history"]
+    assert len(ce_history) == 9
+    client = mlflow.MlflowClient(f"sqlite:///{out / 'mlruns.db'}")
+    params = {r.info.run_name: r.data.params for r in client.search_runs([client.get_experiment_by_name("breastlt_bench_lt").experiment_id])}
+    assert params["syn_rl+freq+smooth+w-seed0"]["synthetic_weight"] == "0.5" and params["syn_rl+freq+smooth+w-seed0"]["reward_smoothing"] == "0.7"
+    assert params["syn_rl+freq+smooth+w-seed0"]["synthetic_images"] == str(len(doc["training"][::2]))  # the filtered pool
+    assert params["syn_rl+freq+smooth+w+crt-seed0"]["classifier_only"] == "True"
+    # per-image predictions of every run, and the paired comparison with intervals over test images
+    preds = list(csv.DictReader((out / "runs" / "ce" / "seed1" / "test_predictions.csv").open()))
+    assert len(preds) == len(doc["test"]) and set(preds[0]) >= {"image", "label", "predicted", f"p_{classes[0]}"}
+    comp = json.loads((out / "comparisons.json").read_text())
+    boot = comp["comparisons"][0]["bootstrap"]
+    assert comp["comparisons"][0]["method"] == "syn_rl+freq+smooth+w+crt" and boot["seeds"] == [0, 1]
+    assert len(boot["macro_f1"]["per_seed"]) == 2 and boot["macro_f1"]["ci95"][0] <= boot["macro_f1"]["mean"] <= boot["macro_f1"]["ci95"][1]
+    text = (out / "results.md").read_text()
+    assert "95 % CI over test images" in text and "| val. plateaued |" in text
+    # the second test set: mapped subtypes, and the malignancy reading of every grouped image
+    mapping = json.loads((out / "external" / "datalist" / "mapping.json").read_text())
+    assert mapping["mapped"] == sum(i["label"] in (0, 1) for i in doc["test"]) and mapping["grouped"] == len(doc["test"])
+    ext = comp["external"]["datalist"]["arms"]["ce"]
+    assert 0 <= ext["auc"][0] <= 1 and 0 <= ext["macro_f1"][0] <= 1
+    assert "Test set 'datalist'" in text and "| ce |" in text.split("Test set 'datalist'")[1]
+
+
+def test_external_test_set_errors(tiny_phantom, tmp_path):
+    from monai_breastlt.bench.long_tail import prepare_external_test
+
+    classes = load_datalist_file(tiny_phantom)["classes"]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"classes": {classes[0]: "angiosarcoma"}}))
+    with pytest.raises(ValueError, match=r"'classes' values name unknown classes \['angiosarcoma'\]"):
+        prepare_external_test(tiny_phantom, bad, classes, tmp_path / "x")
+    bad.write_text(json.dumps({"classes": {"no such label": classes[0]}}))
+    with pytest.raises(ValueError, match=r"'classes' keys name unknown classes \['no such label'\]"):
+        prepare_external_test(tiny_phantom, bad, classes, tmp_path / "x")
+    doc = load_datalist_file(tiny_phantom)
+    gone = tmp_path / "gone.json"
+    write_datalist(gone, {"test": [{"image": str(tmp_path / f"missing{k}.png"), "label": 0} for k in range(4)]}, classes)
+    ok = tmp_path / "ok.json"
+    ok.write_text(json.dumps({"classes": {classes[0]: classes[0]}}))
+    with pytest.raises(FileNotFoundError, match=r"4 test image\(s\) missing, first: .*missing0.png"):
+        prepare_external_test(gone, ok, classes, tmp_path / "x")
+    assert doc["test"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 
@@ -40,13 +41,17 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     s.set_defaults(func=run_synthesis)
 
-    from monai_breastlt.bench.long_tail import ARMS
+    from monai_breastlt.bench.long_tail import ARMS, MODIFIERS
 
     s = which.add_parser("lt", help="every long-tail arm x seeds with one backbone and budget: table, plot, MLflow")
     s.add_argument("--data", required=True, help="datalist JSON, folder with datalist.json, BUS-BRA folder, CSV or ROOT/<class>/")
-    s.add_argument("--pool", default=None, help="synthetic pool manifest (POOL/pool.json or POOL) for the syn_* arms")
+    s.add_argument("--pool", default=None, help="synthetic pool folder (pool.json, pool_filtered.json) for the syn_* arms")
+    s.add_argument("--pool-xc", default=None, help="the pool folder made with cross-class sketches, for +xc arms")
+    s.add_argument("--unfiltered", action="store_true", help="synthetic arms read pool.json, not the audit's pool_filtered.json")
     s.add_argument("--out", default="breastlt_bench_lt", help="output folder; re-running skips finished arms/seeds")
-    s.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS), metavar="ARM", help=f"arms ({', '.join(ARMS)})")
+    s.add_argument("--arms", nargs="+", default=list(ARMS), metavar="ARM",
+                   help=f"arms ({', '.join(ARMS)}), each optionally with additions {''.join('+' + m for m in MODIFIERS)} "
+                        "(e.g. syn_rl+freq+smooth+w+crt)")
     s.add_argument("--seeds", type=int, default=3, help="number of seeds (0..N-1)")
     s.add_argument("--epochs", type=int, default=20)
     s.add_argument("--epoch-size", type=int, default=None, help="samples per epoch of every arm (default: the sampler's own)")
@@ -54,11 +59,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--batch-size", type=int, default=32)
     s.add_argument("--fixed-ratio", type=float, default=0.3, help="synthetic ratio of syn_fixed, start of the adaptive policies")
     s.add_argument("--crt-epochs", type=int, default=None, help="cRT re-training epochs (default: epochs / 4)")
+    s.add_argument("--val-every", type=int, default=None,
+                   help="validate every N iterations in every arm (the policies act once an epoch, at every validation with +freq)")
+    s.add_argument("--ppo-n-steps", type=int, default=4, help="decisions per PPO update of the RL arms")
     s.add_argument("--imbalance-ratio", type=float, default=None, help="subsample the training split to this max/min ratio (CIFAR-LT)")
     s.add_argument("--min-count", type=int, default=0, help="BUS-BRA: merge classes with fewer images into 'other'")
     s.add_argument("--split-seed", type=int, default=0, help="seed of the split and of the subsampling")
+    s.add_argument("--test", default=None, help="a further test set (datalist, folder...), scored with every arm's model")
+    s.add_argument("--class-map", default=None, help="with --test: JSON mapping its labels onto the training classes / groups")
     s.add_argument("--experiment", default="breastlt_bench_lt", help="MLflow experiment name")
-    s.add_argument("--bundles", default=None, help="folder holding the two bundles (default: next to the package)")
+    s.add_argument("--bundles", default=None, help="folder holding the two bundles (default: the package's)")
     s.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     s.set_defaults(func=run_lt)
 
@@ -106,20 +116,28 @@ def run_synthesis(args: argparse.Namespace) -> int:
 
 
 def run_lt(args: argparse.Namespace) -> int:
-    from monai_breastlt.bench.long_tail import RL_ARMS, LongTailBenchmark, compare_to_baselines, format_markdown
-    from monai_breastlt.data import prepare_benchmark_data
-    from monai_breastlt.cli import json_in
+    from monai_breastlt.bench.long_tail import LongTailBenchmark, arm_options, prepare_external_test
+    from monai_breastlt.data import load_datalist_file, prepare_benchmark_data
 
+    for arm in args.arms:  # every name checked before any data is prepared
+        arm_options(arm)
+    if bool(args.test) != bool(args.class_map):
+        raise ValueError("--test and --class-map go together: the class map says which training class each test label is.")
     if args.threads:
         torch.set_num_threads(args.threads)
-    pool = json_in(args.pool, "pool.json") if args.pool else None
     datalist = prepare_benchmark_data(args.data, args.out, args.imbalance_ratio, args.min_count, seed=args.split_seed)
+    tests = {}
+    if args.test:
+        name = Path(args.test).stem if Path(args.test).suffix else Path(args.test).name
+        prepare_external_test(args.test, args.class_map, load_datalist_file(datalist)["classes"], Path(args.out) / "external" / name)
+        tests[name] = Path(args.out) / "external" / name
     bench = LongTailBenchmark(
-        datalist, args.out, pool, args.arms, list(range(args.seeds)), args.epochs, args.epoch_size, args.image_size,
-        args.batch_size, args.fixed_ratio, args.crt_epochs, experiment=args.experiment, bundles_dir=args.bundles,
+        datalist, args.out, args.pool, args.arms, list(range(args.seeds)), args.epochs, args.epoch_size, args.image_size,
+        args.batch_size, args.fixed_ratio, args.crt_epochs, ppo_n_steps=args.ppo_n_steps, val_every=args.val_every,
+        pool_xc=args.pool_xc, unfiltered=args.unfiltered, test_sets=tests, experiment=args.experiment, bundles_dir=args.bundles,
     )
-    rows = bench.run()
-    print(format_markdown(rows, [compare_to_baselines(rows, m) for m in RL_ARMS]))
-    print(f"tables: {bench.out / 'results.md'}, {bench.out / 'results.csv'}; plot: {bench.out / 'results.png'}")
+    bench.run()
+    print((bench.out / "results.md").read_text())
+    print(f"tables: {bench.out / 'results.md'}, {bench.out / 'results.csv'}, {bench.out / 'runs.csv'}; plot: {bench.out / 'results.png'}")
     print(f"MLflow : mlflow ui --backend-store-uri {bench.tracking_uri}")
     return 0

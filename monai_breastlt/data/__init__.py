@@ -7,6 +7,7 @@ from .datalist import (
     is_image_file,
     load_datalist,
     load_datalist_file,
+    load_items_for_classes,
     load_mixed_datalist,
     load_training_data,
     merge_rare_classes,

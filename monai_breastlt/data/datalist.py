@@ -198,6 +198,22 @@ def load_datalist(path: str | os.PathLike, section: str = "training") -> tuple[l
     return doc[section], doc["classes"]
 
 
+def load_items_for_classes(path: str | os.PathLike, section: str, classes: Sequence[str]) -> list[dict]:
+    """The entries of one section of a datalist whose class list must be ``classes`` (a model's), in that order: a
+    test set labelled with other names or another order would be scored against the wrong classes.
+
+    Raises:
+        ValueError: naming the datalist and the classes that differ.
+    """
+    items, found = load_datalist(path, section)
+    if list(found) != list(classes):
+        missing, extra = [c for c in classes if c not in found], [c for c in found if c not in classes]
+        detail = f"missing {missing}, unknown {extra}" if missing or extra else "same names in another order"
+        raise ValueError(f"{path}: its classes differ from the model's ({detail}); map its labels onto the model's "
+                         "classes first (bench lt --test DATALIST --class-map JSON does).")
+    return items
+
+
 def validate_items(items: Iterable[Any], classes: Sequence[str], where: str = "datalist", check_files: bool = False) -> list[dict]:
     """Check entries: required keys, label range, class name agreement, duplicates, optional file existence.
 
