@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from .adaptive_sampler import AdaptiveSamplerHandler
 from .checkpoint import AtomicCheckpointSaver, BestModelState, ResumeCheckpointLoader, ResumeCheckpointSaver, RNGStates
-from .determinism import EpochDeterminism
+from .determinism import EpochDeterminism, MetaTrackingOff
 from .ema import ExponentialMovingAverage
 from .report import LongTailReportHandler, PredictionTable, ValidationHistory
 from .reweighting import DeferredReweighting
