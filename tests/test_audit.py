@@ -156,3 +156,13 @@ def test_audit_without_real_masks_compares_whole_images_only(tiny_phantom):
     o = rep["overall"]
     assert o["near_copies"] == 4 and o["lesions_found"] == 0 and o["lesion_near_copies"] == 0
     assert "real_lesions_flagged" not in o["memorization"] and all(i["nearest_real_lesion"] is None for i in rep["images"])
+
+
+def test_a_pool_of_another_class_order_is_refused_before_auditing(tiny_phantom):
+    real, classes = load_datalist(tiny_phantom, "training")
+    reordered = classes[::-1]  # the pool's own labels and names, in another class order
+    pool = [{**r, "label": reordered.index(r["class_name"]), "source": "synthetic"} for r in real[:2]]
+    auditor = PoolAuditor(_classifier(), classes, image_size=32)
+    with pytest.raises(ValueError, match=r"pool entry 0 \(.*\): label \d '\w+' is not class \d of the auditor's .*: the pool's class order "
+                                         r"differs from the real datalist's"):
+        auditor.audit(pool, real)
