@@ -3,16 +3,31 @@ benchmarks."""
 
 from __future__ import annotations
 
+import ast
 import difflib
+import inspect
 import os
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import monai_breastlt
-from monai_breastlt.utils import atomic_write_json, read_json
+from monai_breastlt.utils import SETTING_RANGES, atomic_write_json, bad_input_message, check_range, read_json
 
-__all__ = ["check_overrides", "default_bundles_dir", "find_bundles", "ldm_def_from_checkpoint", "run_bundle", "train_synthesis", "TINY_NETS"]
+__all__ = [
+    "check_bundle_run",
+    "check_overrides",
+    "check_settings",
+    "default_bundles_dir",
+    "find_bundles",
+    "read_ldm_checkpoint",
+    "report_bad_input",
+    "run_bundle",
+    "train_synthesis",
+    "TINY_NETS",
+]
 
 # tiny synthesis networks for tests and smoke runs (bundle overrides)
 TINY_NETS = {
@@ -39,22 +54,165 @@ def find_bundles(bundles_dir: str | os.PathLike | None = None) -> tuple[Path, Pa
     return syn, cls
 
 
-def ldm_def_from_checkpoint(path: str | os.PathLike) -> dict:
+def _choices() -> dict[str, Sequence[str]]:
+    """The allowed values of each named-choice setting (imported here: rl pulls in stable-baselines3)."""
+    from monai_breastlt.losses.factory import LOSS_NAMES
+    from monai_breastlt.rl.factory import POLICY_NAMES
+
+    return {"policy_name": POLICY_NAMES, "loss_name": LOSS_NAMES}
+
+
+def check_settings(settings: Mapping[str, Any], names: Mapping[str, str] | None = None) -> None:
+    """Refuse a bundle or command setting outside its range (:data:`~monai_breastlt.utils.SETTING_RANGES`) or not one of
+    its choices.
+
+    Args:
+        settings: config key -> value; ``None`` values (left at a default) and unknown keys are not checked.
+        names: config key -> the name to show (a command-line option), default the key.
+
+    Raises:
+        ValueError: ``"batch_size must be an integer >= 1, got 0."``
+    """
+    names = names or {}
+    choices = _choices() if set(settings) & {"policy_name", "loss_name"} else {}
+    for key, value in settings.items():
+        if value is None:
+            continue
+        if key in SETTING_RANGES:
+            check_range(names.get(key, key), value, **SETTING_RANGES[key])
+        elif key in choices and value not in choices[key]:
+            close = difflib.get_close_matches(str(value), choices[key], n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ValueError(f"{names.get(key, key)} must be one of {', '.join(choices[key])}; got '{value}'{hint}.")
+
+
+def report_bad_input() -> None:
+    """Make a run that ends on bad input print the package's one-line message first and last, around the traceback.
+
+    ``python -m monai.bundle run`` shows an error as a traceback of 100-200 lines in which MONAI wraps the package's
+    message (``Failed to instantiate ...``); this hook (installed once, by a bundle's preflight) prints ``error: ...``
+    before and after it. Other errors keep the plain traceback.
+    """
+    if getattr(sys.excepthook, "breastlt", False):
+        return
+    previous = sys.excepthook
+
+    def hook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+        message = bad_input_message(value) if isinstance(value, Exception) else None
+        if message:
+            print(f"error: {message}", file=sys.stderr, flush=True)
+        previous(kind, value, tb)
+        if message:
+            print(f"error: {message}", file=sys.stderr, flush=True)
+
+    hook.breastlt = True  # type: ignore[attr-defined]
+    sys.excepthook = hook
+
+
+def _monai_run_arguments() -> set[str]:
+    """The options ``python -m monai.bundle run`` takes itself (not config overrides)."""
+    from monai.bundle import ConfigWorkflow
+    from monai.bundle.scripts import create_workflow, run
+    from monai.bundle.utils import DEFAULT_MLFLOW_SETTINGS
+
+    names = set(DEFAULT_MLFLOW_SETTINGS["configs"])
+    for fn in (run, create_workflow, ConfigWorkflow.__init__):
+        names |= {p.name for p in inspect.signature(fn).parameters.values() if p.kind is not p.VAR_KEYWORD}
+    return names - {"self"}
+
+
+def command_line_overrides(argv: Sequence[str] | None = None) -> tuple[list[str], list[str]] | None:
+    """The config files and the override keys of a ``python -m monai.bundle run`` command line (``None`` when the
+    process was started otherwise): MONAI adds an unknown key silently, so a mistyped ``--max_epoch`` would leave
+    ``max_epochs`` at its default."""
+    if argv is None:
+        if getattr(getattr(sys.modules.get("__main__"), "__spec__", None), "name", None) != "monai.bundle.__main__":
+            return None
+        argv = sys.argv[1:]
+    if not argv or argv[0] != "run":
+        return None
+    keys, files, args = [], [], list(argv[1:])
+    for n, token in enumerate(args):
+        if not token.startswith("--"):
+            continue
+        key, _, value = token[2:].partition("=")
+        if not value and n + 1 < len(args) and not args[n + 1].startswith("--"):
+            value = args[n + 1]
+        keys.append(key)
+        if key == "config_file":
+            try:
+                parsed = ast.literal_eval(value)
+            except (ValueError, SyntaxError):
+                parsed = value
+            files = [str(f) for f in (parsed if isinstance(parsed, (list, tuple)) else [parsed])]
+    return files, keys
+
+
+def check_bundle_run(
+    datalist: str | os.PathLike | None = None,
+    pool: str | os.PathLike | None = None,
+    required_sections: Sequence[str] = ("training",),
+    files: Mapping[str, str | os.PathLike | None] | None = None,
+    settings: Mapping[str, Any] | None = None,
+) -> None:
+    """A bundle's preflight (its first ``initialize`` step): refuse bad input before any long work, in one message.
+
+    In order: errors of the run are reported first and last around their traceback (:func:`report_bad_input`); a
+    command-line override that names no config key is refused with the closest keys; settings out of range; named
+    files that do not exist; then the datalist (:func:`~monai_breastlt.data.check_datalist`: every entry and file of
+    every section and of the pool, all bad files at once; required sections non-empty; split leakage warned).
+
+    Args:
+        datalist: the datalist JSON (``None``: no datalist to check).
+        pool: the synthetic pool manifest, if any.
+        required_sections: sections that must hold entries.
+        files: setting name -> a file it must name (``None``: not set).
+        settings: setting name -> value (see :func:`check_settings`).
+
+    Raises:
+        ValueError, FileNotFoundError: naming the setting, file, entry and field.
+    """
+    from monai_breastlt.data import check_datalist
+
+    report_bad_input()
+    given = command_line_overrides()
+    if given is not None and given[0]:
+        known = _monai_run_arguments()
+        check_overrides(given[0], {k: None for k in given[1] if k not in known}, sorted(known))
+    check_settings(settings or {})
+    for name, path in (files or {}).items():
+        if path is not None and not Path(path).is_file():
+            raise FileNotFoundError(f"{name} {path}: file not found" + (" (it is a folder)." if Path(path).is_dir() else "."))
+    if datalist is None:
+        return
+    if not Path(datalist).is_file():
+        folder = Path(datalist).parent
+        why = "the folder does not exist" if not folder.is_dir() else "no such file"
+        raise FileNotFoundError(f"{datalist}: datalist not found ({why}); pass --dataset_dir, a folder holding datalist.json "
+                                "(write one with `python -m monai_breastlt split SOURCE --out DIR/datalist.json`).")
+    check_datalist(datalist, pool, required_sections)
+
+
+def read_ldm_checkpoint(path: str | os.PathLike) -> tuple[dict, list[int] | None]:
     """The synthesis bundle's ``ldm_def`` for a saved ``SketchConditionedLDM`` (its architecture travels in the state
-    dict), so a bundle run on trained models needs no network overrides.
+    dict, so a bundle run on trained models needs no network overrides) and the ``(H, W)`` its diffusion stages were
+    trained on (``None`` for a checkpoint saved before the size was recorded).
 
     Raises:
         FileNotFoundError: no checkpoint at ``path``.
-        ValueError: ``path`` was not saved from a ``SketchConditionedLDM``.
+        ValueError: ``path`` cannot be loaded safely, or was not saved from a ``SketchConditionedLDM``.
     """
     from monai_breastlt.networks import SketchConditionedLDM
     from monai_breastlt.utils import torch_load_safe
 
+    state = torch_load_safe(path)
     try:
-        config = SketchConditionedLDM.config_from_state_dict(torch_load_safe(path))
+        if not isinstance(state, dict):
+            raise ValueError(f"holds a {type(state).__name__}, not a state dict")
+        config = SketchConditionedLDM.config_from_state_dict(state)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from e
-    return {"_target_": "monai_breastlt.networks.SketchConditionedLDM", **config}
+    return {"_target_": "monai_breastlt.networks.SketchConditionedLDM", **config}, SketchConditionedLDM.image_size_from_state_dict(state)
 
 
 def check_overrides(config_files: list[str], overrides: Mapping, extra_keys: Sequence[str] = ()) -> None:

@@ -181,3 +181,13 @@ def test_filter_records_each_reason_per_class_and_averages_judges(tmp_path):
     assert [i["id"] for i in filter_pool(pool, reports, classes, tmp_path / "g.json", min_class_prob=0.25)] == ["x0", "x1"]
     with pytest.raises(ValueError, match="needs audit reports of these 4 images"):
         filter_pool(pool, [report([0.5] * 3)], classes, tmp_path / "h.json")
+
+
+def test_a_pool_of_another_class_order_is_refused_before_auditing(tiny_phantom):
+    real, classes = load_datalist(tiny_phantom, "training")
+    reordered = classes[::-1]  # the pool's own labels and names, in another class order
+    pool = [{**r, "label": reordered.index(r["class_name"]), "source": "synthetic"} for r in real[:2]]
+    auditor = PoolAuditor(_classifier(), classes, image_size=32)
+    with pytest.raises(ValueError, match=r"pool entry 0 \(.*\): label \d '\w+' is not class \d of the auditor's .*: the pool's class order "
+                                         r"differs from the real datalist's"):
+        auditor.audit(pool, real)

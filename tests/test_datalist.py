@@ -153,3 +153,62 @@ def test_classes_without_real_training_images_are_reported(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         load_training_data(tmp_path / "d.json", tmp_path / "pool.json")
     assert "prescaled" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    "doc, message",
+    [
+        ({"classes": ["cyst", "fibroadenoma", "cyst"], "training": []}, "'classes' names 'cyst' twice \\(entries 0 and 2\\)"),
+        ({"classes": ["cyst", ""], "training": []}, "'classes' entry 1 is ''; every class needs a non-empty name"),
+        ({"classes": ["cyst", " "], "training": []}, "'classes' entry 1 is ' '"),
+        ({"classes": ["cyst"], "training": {}}, "section 'training' is dict {}, expected a list of entries"),
+        ({"classes": ["a"], "training": [{"image": None, "label": 0}]}, "training\\]: entry 0: 'image' is null, expected a file path"),
+        ({"classes": ["a"], "training": [{"image": "", "label": 0}]}, "training\\]: entry 0: 'image' is \"\", expected a file path"),
+        ({"classes": ["a"], "training": [{"image": "x.png", "mask": "", "label": 0}]}, "entry 0: 'mask' is \"\""),
+        ({"classes": ["a", "b"], "training": [{"image": "x.png", "label": 1.7}]}, "label 1.7 is not an integer class index in \\[0, 1\\]"),
+        ({"classes": ["a", "b"], "training": [{"image": "x.png", "label": 1.0}]}, "label 1.0 is not an integer class index"),
+        ({"classes": ["a", "b"], "training": [{"image": "x.png", "label": True}]}, "label True is not an integer class index"),
+    ],
+)
+def test_silently_accepted_datalists_are_refused(tmp_path, doc, message):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match=message) as e:
+        load_datalist_file(path)
+    assert str(path) in str(e.value)
+
+
+def test_a_null_mask_means_no_mask_and_numpy_labels_are_integers(tmp_path):
+    items = validate_items([{"image": "x.png", "mask": None, "label": np.int64(1)}], ["a", "b"])
+    assert "mask" not in items[0] and items[0]["label"] == 1 and type(items[0]["label"]) is int
+
+
+def test_json_with_a_byte_order_mark_loads_and_a_trailing_comma_is_named(tmp_path):
+    path = tmp_path / "bom.json"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"classes": ["a"], "training": [{"image": "x.png", "label": 0}]}).encode())
+    assert load_datalist(path)[1] == ["a"]  # what Windows editors write is read as it is meant
+    path = tmp_path / "comma.json"
+    path.write_text('{"classes": ["a"], "training": [{"image": "x.png", "label": 0},]}')
+    with pytest.raises(ValueError, match=r"comma.json: not valid JSON \(.* at line 1, column \d+ \(a comma before a closing bracket\?\)\)"):
+        load_datalist_file(path)
+
+
+def test_csv_with_an_empty_class_or_image_cell_is_refused(tmp_path):
+    path = tmp_path / "l.csv"
+    path.write_text("image,label\na.png,cyst\nb.png,\n")
+    with pytest.raises(ValueError, match=r"l.csv: line 3: column 'label' is empty; every row needs an image and a class name"):
+        read_csv_datalist(path)
+    path.write_text("image,label\n,cyst\n")
+    with pytest.raises(ValueError, match=r"l.csv: line 2: column 'image' is empty"):
+        read_csv_datalist(path)
+    path.write_text("image,label\na.png,a\n")
+    with pytest.raises(ValueError, match="'classes' names 'a' twice"):
+        read_csv_datalist(path, classes=["a", "a"])
+
+
+def test_pool_of_another_class_order_is_refused(tmp_path):
+    from monai_breastlt.data import load_pool_items
+
+    write_datalist(tmp_path / "pool.json", {"training": [{"image": "p.png", "label": 0}]}, ["b", "a"])
+    with pytest.raises(ValueError, match=r"pool.json: pool classes \['b', 'a'\] differ from .* \['a', 'b'\] \(same names, another order"):
+        load_pool_items(tmp_path / "pool.json", ["a", "b"], check_files=False)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 
 import numpy as np
@@ -135,3 +136,31 @@ def test_resume_with_other_settings_is_refused(tiny_phantom, tmp_path):
     doc["generator"] = {k: v for k, v in doc["generator"].items() if k not in ("perturb", "cross_class_sketches")}  # an older manifest
     manifest.write_text(json.dumps(doc))
     assert len(load_datalist(_generator(tiny_phantom, tmp_path / "p", sampler="ddim", perturb=0.0).run([3, 0, 0, 0, 0, 0], sources))[0]) == 3
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ({"num_inference_steps": 0}, "num_inference_steps must be an integer >= 1 and <= 1000, got 0."),
+        ({"guidance_scale": float("nan")}, "guidance_scale must be a finite number >= 0, got nan."),
+        ({"conditioning_scale": -1.0}, "conditioning_scale must be a finite number >= 0, got -1.0."),
+        ({"perturb": 2.0}, "perturb must be a finite number >= 0 and <= 1, got 2.0."),
+        ({"batch_size": 0}, "batch_size must be an integer >= 1, got 0."),
+        ({"image_size": 31}, "image_size must be a multiple of the autoencoder's downsampling 2, got 31."),
+        ({"guidance_interval": [900, 100]}, "guidance_interval t_high must be an integer >= 900 and <= 999, got 100."),
+    ],
+)
+def test_settings_that_would_write_a_wrong_pool_are_refused(tiny_phantom, tmp_path, setting, message):
+    _, classes = load_datalist(tiny_phantom)
+    kwargs = {"image_size": 32, "num_inference_steps": 2, **setting}
+    with pytest.raises(ValueError, match=re.escape(message)):
+        SyntheticPoolGenerator(tiny_ldm(6), SketchPerceptionNet(features=(4, 4, 8, 8, 16, 4)), classes, tmp_path / "pool", **kwargs)
+    assert not (tmp_path / "pool").exists()
+
+
+def test_another_image_size_than_the_models_is_refused(tiny_phantom, tmp_path):
+    _, classes = load_datalist(tiny_phantom)
+    model = tiny_ldm(6)
+    model.image_size = [32, 32]
+    with pytest.raises(ValueError, match=re.escape("the model was trained on 32x32 images (recorded in its checkpoint), image_size is 64")):
+        SyntheticPoolGenerator(model, SketchPerceptionNet(features=(4, 4, 8, 8, 16, 4)), classes, tmp_path, image_size=64)

@@ -39,7 +39,7 @@ def test_checkpoint_is_self_describing_and_weights_only(tmp_path):
     with pytest.raises(ValueError, match="architecture"):
         tiny_ldm(5).load_state_dict(model.state_dict())
     (tmp_path / "bad.pt").write_bytes(b"not a zip")
-    with pytest.raises(ValueError, match="bad.pt: cannot be loaded as a weights-only checkpoint"):
+    with pytest.raises(ValueError, match="bad.pt: not a PyTorch checkpoint, or a truncated one"):
         torch_load_safe(tmp_path / "bad.pt")
 
 

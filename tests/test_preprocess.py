@@ -87,3 +87,22 @@ def test_synthetic_image_is_not_stretched_on_reload(tmp_path):
     assert torch.allclose(back, smooth, atol=1 / 255)
     stretched = pre({"image": str(tmp_path / "syn.png")})["image"]  # a real scan: its own range
     assert stretched.min() == 0 and stretched.max() == 1
+
+
+def test_jpeg_exif_orientation_is_honoured(tmp_path):
+    arr = np.zeros((16, 24), np.uint8)
+    arr[:, :6] = 255  # bright left columns as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: shown rotated 90 degrees clockwise, 24 high and 16 wide, bright at the top
+    Image.fromarray(arr).save(tmp_path / "rot.jpg", exif=exif, quality=95)
+    out = ultrasound_preprocessing((24, 16), mask_key=None)({"image": str(tmp_path / "rot.jpg")})["image"][0]
+    assert out.shape == (24, 16) and out[:6].mean() > 0.8 and out[-6:].mean() < 0.2
+
+
+def test_volume_given_as_an_image_is_refused_naming_the_file(tmp_path):
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).random((16, 16, 8)).astype(np.float32), np.eye(4)), tmp_path / "vol.nii.gz")
+    with pytest.raises(RuntimeError) as e:
+        ultrasound_preprocessing(8, mask_key=None)({"image": str(tmp_path / "vol.nii.gz")})
+    assert re.search(r"vol.nii.gz: image of shape \(16, 16, 8\) has 3 spatial dimensions, expected a 2D image", str(root_cause(e.value)))
+    with pytest.raises(ValueError, match="image_size must be a positive integer"):
+        ultrasound_preprocessing(0)

@@ -16,7 +16,7 @@ from monai.transforms import Compose
 from monai_breastlt.data import load_datalist
 from monai_breastlt.inferers import ClassSketchLatentDiffusionInferer
 from monai_breastlt.losses import SketchPerceptionLoss, min_snr_weights, weighted_diffusion_loss
-from monai_breastlt.networks import SketchPerceptionNet
+from monai_breastlt.networks import SketchConditionedLDM, SketchPerceptionNet
 from monai_breastlt.synthesis import AutoencoderTrainer, LatentDiffusionTrainer, PrepareBatchKeys, compute_scale_factor
 from monai_breastlt.transforms import ExtractSketchd, SketchTargetd, ultrasound_preprocessing
 
@@ -53,6 +53,14 @@ def test_scale_factor_and_both_diffusion_stages(tiny_phantom):
         assert math.isfinite(float(from_engine(["loss"], first=True)(trainer.state.output)))
         unet_changed = any(not torch.equal(a, b) for a, b in zip(unet_before, model.unet.parameters()))
         assert unet_changed == train_unet  # frozen UNet in the ControlNet stage stays frozen
+    # the training image size travels with the weights, and a stage at another size is refused
+    assert model.image_size == [32, 32] and SketchConditionedLDM.from_state_dict(model.state_dict()).image_size == [32, 32]
+    items, _ = load_datalist(tiny_phantom, "training")
+    other = DataLoader(Dataset(items[:4], Compose([ultrasound_preprocessing(16), ExtractSketchd()])), batch_size=4)
+    params = LatentDiffusionTrainer.trainable_parameters(model, True, False)
+    trainer = LatentDiffusionTrainer("cpu", 1, other, model, torch.optim.Adam(params, 1e-3), inferer, use_controlnet=True, train_unet=False)
+    with pytest.raises(ValueError, match="earlier stages were trained on 32x32 images, this stage gets 16x16"):
+        trainer.run()
 
 
 def test_perception_trains_with_plain_supervised_trainer(tiny_phantom):

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import logging
+from pathlib import Path
 
 from monai_breastlt.data import (
     SECTIONS,
+    check_image_files,
     generate_phantom,
     long_tail_profile,
     prepare_split,
     read_any_source,
+    warn_leakage,
 )
+from monai_breastlt.utils import check_writable_dir
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -20,9 +25,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--imbalance-ratio", type=float, default=50.0, help="largest / smallest class count")
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace a datalist.json already in --out (other data or arguments)")
     p.set_defaults(func=run_phantom)
 
-    p = sub.add_parser("data-info", help="print the long-tail profile of a data folder, CSV or datalist")
+    p = sub.add_parser("data-info", help="print the long-tail profile of a data folder, CSV or datalist; warn about unusable "
+                       "image files and split leakage")
     p.add_argument("source", help="datalist JSON, folder with datalist.json, BUS-BRA folder, CSV or ROOT/<class>/ folder")
     p.add_argument("--min-count", type=int, default=0, help="merge classes with fewer images into 'other' (BUS-BRA)")
     p.add_argument("--head-ratio", type=float, default=0.5, help="head: count >= head_ratio * max")
@@ -35,12 +42,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fractions", type=float, nargs=3, default=(0.7, 0.15, 0.15))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--min-count", type=int, default=0)
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out made with other settings")
     p.set_defaults(func=run_split)
 
 
 def run_phantom(args: argparse.Namespace) -> int:
-    path = generate_phantom(args.out, args.head_count, args.imbalance_ratio, args.image_size, args.seed)
+    path = generate_phantom(args.out, args.head_count, args.imbalance_ratio, args.image_size, args.seed, overwrite=args.overwrite)
     print(f"phantom written to {args.out}; datalist: {path}")
     return 0
 
@@ -52,12 +59,19 @@ def run_data_info(args: argparse.Namespace) -> int:
     print(prof.format_table())
     if set(sections) & set(SECTIONS):
         print("\nper split: " + ", ".join(f"{k} {len(v)}" for k, v in sections.items()))
+    bad = check_image_files(sections, args.source, raise_error=False)  # a profile is still worth printing: warn
+    if bad:
+        logging.getLogger(__name__).warning("%s: %d unusable image file(s): %s", args.source, len(bad), "; ".join(bad))
+    warn_leakage(sections, args.source)
     return 0
 
 
 def run_split(args: argparse.Namespace) -> int:
+    check_writable_dir(Path(args.out).parent, "folder of --out")
     sections, classes = read_any_source(args.source, args.min_count)
+    check_image_files(sections, args.source)  # before anything is written, every bad file named with its entry
     items = [i for v in sections.values() for i in v]
-    doc = prepare_split(items, classes, args.out, tuple(args.fractions), args.seed, overwrite=args.overwrite)
+    doc = prepare_split(items, classes, args.out, tuple(args.fractions), args.seed, overwrite=args.overwrite, check_files=False,
+                        source=args.source)
     print(f"{args.out}: " + ", ".join(f"{k} {len(doc[k])}" for k in SECTIONS))
     return 0

@@ -45,7 +45,7 @@ def run_demo(args: argparse.Namespace) -> int:
     stamp = lambda msg: print(f"[{time.time() - start:6.0f} s] {msg}", flush=True)  # noqa: E731
 
     stamp(f"phantom -> {data}")
-    generate_phantom(data, cfg["head_count"], cfg["imbalance_ratio"], cfg["image_size"], args.seed)
+    generate_phantom(data, cfg["head_count"], cfg["imbalance_ratio"], cfg["image_size"], args.seed, overwrite=True)  # its own folder
     common = {"dataset_dir": str(data), "output_dir": str(out / "synthesis"), "image_size": cfg["image_size"],
               "batch_size": cfg["batch_size"], "seed": args.seed, **(TINY_NETS if cfg["tiny"] else {})}
     epochs = {k: cfg[f"{k}_epochs"] for k in ("autoencoder", "perception", "unet", "controlnet")}

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from monai_breastlt import __version__
-from monai_breastlt.utils import root_cause
+from monai_breastlt.utils import bad_input_message
 from monai_breastlt.cli import bench as bench_cmds
 from monai_breastlt.cli import data as data_cmds
 from monai_breastlt.cli import demo as demo_cmds
@@ -40,8 +40,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except Exception as e:
-        cause = root_cause(e)  # a bundle run wraps the informative error in "Failed to evaluate ..."
-        if not isinstance(cause, (ValueError, FileNotFoundError, KeyError)):
+        message = bad_input_message(e)  # a bundle run wraps the informative error in "Failed to evaluate ..."
+        if message is None:
             raise
-        print(f"error: {cause}", file=sys.stderr)  # bad input: one clear line, no traceback
+        print(f"error: {message}", file=sys.stderr)  # bad input: one clear line, no traceback
         return 2

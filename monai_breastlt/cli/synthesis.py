@@ -52,25 +52,49 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def _given(args: argparse.Namespace, names: dict[str, str]) -> dict:
-    """Bundle overrides for the options given (argument name -> config key)."""
-    return {key: getattr(args, name) for name, key in names.items() if getattr(args, name) is not None}
+    """Bundle overrides for the options given (argument name -> config key), each checked against its range first."""
+    from monai_breastlt.workflows import check_settings
+
+    given = {key: getattr(args, name) for name, key in names.items() if getattr(args, name) is not None}
+    check_settings(given, {key: "--" + name.replace("_", "-") for name, key in names.items()})
+    return given
+
+
+def _ldm(models: Path, image_size: int | None) -> dict:
+    """``ldm_def`` and ``image_size`` overrides from ``models/ldm.pt``: the size its diffusion stages were trained on,
+    unless ``--image-size`` gives it (refused when it differs from the recorded one)."""
+    import logging
+
+    from monai_breastlt.workflows import read_ldm_checkpoint
+
+    ldm_def, trained = read_ldm_checkpoint(models / "ldm.pt")
+    if trained is None:
+        if image_size is None:
+            logging.getLogger(__name__).warning("%s records no training image size (saved by an older version): the bundle's "
+                                                "image_size is used; pass --image-size if the models were trained at another size.",
+                                                models / "ldm.pt")
+        return {"ldm_def": ldm_def}
+    if image_size is not None and [image_size, image_size] != trained:
+        raise ValueError(f"--image-size {image_size}: {models / 'ldm.pt'} was trained on {'x'.join(map(str, trained))} images; "
+                         f"leave --image-size out (it is read from the checkpoint) or pass {trained[0]}.")
+    return {"ldm_def": ldm_def, "image_size": trained[0]}
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from monai_breastlt.workflows import find_bundles, ldm_def_from_checkpoint, run_bundle
+    from monai_breastlt.workflows import find_bundles, run_bundle
 
     syn, _ = find_bundles(args.bundles)
     models = Path(args.models)
     if not (Path(args.data) / "datalist.json").is_file():
         raise FileNotFoundError(f"{Path(args.data) / 'datalist.json'}: no datalist (write one with `split` or `phantom`).")
     pool = Path(args.pool) if args.pool else Path(args.data) / "pool"
-    overrides = {"dataset_dir": str(args.data), "ckpt_dir": str(models), "pool_dir": str(pool),
-                 "ldm_def": ldm_def_from_checkpoint(models / "ldm.pt"),
-                 **_given(args, {"target_mode": "target_mode", "target_n": "target_n", "sampler": "sampler", "steps": "num_inference_steps",
-                                 "guidance_scale": "guidance_scale", "guidance_interval": "guidance_interval",
-                                 "conditioning_scale": "conditioning_scale", "perturb": "perturb",
-                                 "cross_class_sketches": "cross_class_sketches", "image_size": "image_size",
-                                 "batch_size": "batch_size", "seed": "seed"})}
+    given = _given(args, {"target_mode": "target_mode", "target_n": "target_n", "sampler": "sampler", "steps": "num_inference_steps",
+                          "guidance_scale": "guidance_scale", "guidance_interval": "guidance_interval",
+                          "conditioning_scale": "conditioning_scale", "perturb": "perturb",
+                          "cross_class_sketches": "cross_class_sketches", "image_size": "image_size",
+                          "batch_size": "batch_size", "seed": "seed"})
+    overrides = {"dataset_dir": str(args.data), "ckpt_dir": str(models), "pool_dir": str(pool), **given,
+                 **_ldm(models, args.image_size)}
     run_bundle(syn, ["common.yaml", "inference.yaml"], workflow_type="infer", **overrides)
     doc = read_json(pool / "pool.json")
     print(f"pool: {len(doc['training'])} images in {pool} (manifest pool.json, sample_grid.png)")
@@ -78,7 +102,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def run_audit(args: argparse.Namespace) -> int:
-    from monai_breastlt.workflows import find_bundles, ldm_def_from_checkpoint, run_bundle
+    from monai_breastlt.workflows import find_bundles, run_bundle
 
     syn, _ = find_bundles(args.bundles)
     manifest, real = json_in(args.pool, "pool.json"), json_in(args.real, "datalist.json")
@@ -92,7 +116,7 @@ def run_audit(args: argparse.Namespace) -> int:
                  "filtered_manifest": str(manifest.parent / "pool_filtered.json"), "use_autoencoder": not args.no_autoencoder,
                  **_given(args, {"min_class_prob": "min_class_prob", "image_size": "image_size", "batch_size": "batch_size"})}
     if not args.no_autoencoder:
-        overrides["ldm_def"] = ldm_def_from_checkpoint(models / "ldm.pt")
+        overrides.update(_ldm(models, args.image_size))
     run_bundle(syn, ["common.yaml", "audit.yaml"], workflow_type="infer", **overrides)
     report = read_json(out / "audit_report.json")
     o = report["overall"]

@@ -11,8 +11,10 @@ A datalist file is MONAI's decathlon layout plus the class list::
 from __future__ import annotations
 
 import csv
-import logging
 import hashlib
+import json
+import logging
+import numbers
 import os
 import re
 from collections import Counter
@@ -39,7 +41,9 @@ __all__ = [
     "deduplicate_by_hash",
     "merge_rare_classes",
     "load_mixed_datalist",
+    "load_pool_items",
     "load_training_data",
+    "check_classes",
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
@@ -87,6 +91,7 @@ def scan_class_folder(
         classes = found
     if not classes:
         raise ValueError(f"{root}: no class sub-folders found (expected ROOT/<class>/<image files>).")
+    check_classes(classes, f"{root}: classes")
     mask_re = re.compile(rf"^(?P<stem>.+){re.escape(mask_suffix)}(_\d+)?$")
     items: list[dict] = []
     for label, name in enumerate(classes):
@@ -167,15 +172,36 @@ def write_datalist(
     return path
 
 
+def check_classes(classes: Any, where: str) -> list[str]:
+    """Refuse a class list that is not a non-empty list of distinct, non-empty names.
+
+    A name given twice would make two outputs of one class and map a label given by name to the last one.
+
+    Raises:
+        ValueError: naming ``where``, the entry and what is wrong.
+    """
+    if not isinstance(classes, (list, tuple)) or not classes:
+        raise ValueError(f"{where}: missing or invalid 'classes' (expected a non-empty list of class names), got {classes!r}.")
+    seen: dict[str, int] = {}
+    for n, c in enumerate(classes):
+        if not isinstance(c, str) or not c.strip():
+            raise ValueError(f"{where}: 'classes' entry {n} is {c!r}; every class needs a non-empty name.")
+        if c in seen:
+            raise ValueError(f"{where}: 'classes' names '{c}' twice (entries {seen[c]} and {n}); class names must be distinct.")
+        seen[c] = n
+    return list(classes)
+
+
 def load_datalist_file(path: str | os.PathLike) -> dict[str, Any]:
     """Read and validate a whole datalist JSON: ``classes`` plus any of the sections, paths made absolute."""
     path = Path(path)
     doc = read_json(path)
     if not isinstance(doc, dict):
         raise ValueError(f"{path}: expected a JSON object with 'classes' and sections {SECTIONS}.")
-    classes = doc.get("classes")
-    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
-        raise ValueError(f"{path}: missing or invalid 'classes' (expected a non-empty list of class names).")
+    classes = check_classes(doc.get("classes"), str(path))
+    for s in SECTIONS:  # a known section that is not a list would otherwise be dropped without a word
+        if s in doc and not isinstance(doc[s], list):
+            raise ValueError(f"{path}: section '{s}' is {type(doc[s]).__name__} {_preview(doc[s])}, expected a list of entries.")
     sections = [k for k, v in doc.items() if isinstance(v, list) and k != "classes"]
     if not sections:
         raise ValueError(f"{path}: no data sections (expected at least one of {SECTIONS}).")
@@ -183,6 +209,12 @@ def load_datalist_file(path: str | os.PathLike) -> dict[str, Any]:
     for s in sections:
         doc[s] = validate_items([_resolve(i, base) if isinstance(i, dict) else i for i in doc[s]], classes, f"{path}[{s}]")
     return doc
+
+
+def _preview(value: Any, limit: int = 40) -> str:
+    """A short JSON rendering of ``value`` for messages."""
+    text = json.dumps(value, default=str)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def load_datalist(path: str | os.PathLike, section: str = "training") -> tuple[list[dict], list[str]]:
@@ -225,24 +257,25 @@ def validate_items(items: Iterable[Any], classes: Sequence[str], where: str = "d
     """
     out: list[dict] = []
     seen: dict[str, int] = {}
-    index = {c: i for i, c in enumerate(classes)}
+    index = {c: i for i, c in enumerate(check_classes(classes, where))}
     for n, item in enumerate(items):
         if not isinstance(item, dict):
             raise ValueError(f"{where}: entry {n} is {type(item).__name__}, expected an object with 'image' and 'label'.")
         for key in ("image", "label"):
             if key not in item:
                 raise ValueError(f"{where}: entry {n} has no '{key}' field (keys present: {sorted(item)}).")
-        item = dict(item)
+        item = _checked_paths(dict(item), f"{where}: entry {n}")
         label = item["label"]
         if isinstance(label, str):
             if label not in index:
                 raise ValueError(f"{where}: entry {n} ({item['image']}): label '{label}' is not in the class list {list(classes)}.")
             label = index[label]
-        if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < len(classes):
+        if isinstance(label, bool) or not isinstance(label, numbers.Integral) or not 0 <= label < len(classes):
+            kind = "an integer class index" if not isinstance(label, numbers.Integral) or isinstance(label, bool) else "a class index"
             raise ValueError(
-                f"{where}: entry {n} ({item['image']}): label {label!r} is not a class index in [0, {len(classes) - 1}]."
+                f"{where}: entry {n} ({item['image']}): label {label!r} is not {kind} in [0, {len(classes) - 1}] (or a class name)."
             )
-        item["label"] = label
+        item["label"] = int(label)
         name = item.setdefault("class_name", classes[label])
         if name != classes[label]:
             raise ValueError(
@@ -268,6 +301,25 @@ def validate_items(items: Iterable[Any], classes: Sequence[str], where: str = "d
                         raise FileNotFoundError(f"{where}: entry {n}: {k} file {p} does not exist.")
         out.append(item)
     return out
+
+
+def _checked_paths(item: dict, where: str) -> dict:
+    """``image`` must be a non-empty path; ``mask``/``sketch`` too when present (``null``: no such file)."""
+    for key in _PATH_KEYS:
+        if key not in item:
+            continue
+        value = item[key]
+        if value is None and key != "image":
+            del item[key]
+            continue
+        values = value if isinstance(value, list) and key != "image" else [value]
+        for v in values:
+            if isinstance(v, os.PathLike):
+                v = os.fspath(v)
+            if not isinstance(v, str) or not v.strip():
+                raise ValueError(f"{where}: '{key}' is {_preview(v)}, expected a file path.")
+        item[key] = [os.fspath(v) for v in values] if isinstance(value, list) and key != "image" else os.fspath(value)
+    return item
 
 
 def read_csv_datalist(
@@ -306,6 +358,10 @@ def read_csv_datalist(
     for col in (image_col, label_col, mask_col, group_col):
         if col is not None and col not in rows[0]:
             raise ValueError(f"{path}: column '{col}' not found (columns: {', '.join(rows[0])}).")
+    for n, r in enumerate(rows):
+        for col in (image_col, label_col):
+            if not (r[col] or "").strip():  # an empty class name, or an entry without a file
+                raise ValueError(f"{path}: line {n + 2}: column '{col}' is empty; every row needs an image and a class name.")
     if classes is None:
         counts = Counter(r[label_col] for r in rows)
         classes = sorted(counts, key=lambda c: (-counts[c], c))
@@ -395,11 +451,7 @@ def load_mixed_datalist(
     items, classes = load_datalist(datalist, section)
     if pool is None or not Path(pool).is_file():
         return items, classes
-    doc = load_datalist_file(pool)
-    if doc["classes"] != classes:
-        raise ValueError(f"{pool}: pool classes {doc['classes']} differ from {datalist} classes {classes}.")
-    syn = [i for k, v in doc.items() if isinstance(v, list) and k != "classes" for i in v]
-    syn = validate_items([{**i, "source": "synthetic"} for i in syn], classes, str(pool), check_files=check_files)
+    syn = load_pool_items(pool, classes, check_files, datalist)
     unmarked = sum(PRESCALED_KEY not in i for i in syn)
     if unmarked:  # pools written before the flag existed: still usable, but read as real scans are
         logger.warning(
@@ -407,6 +459,28 @@ def load_mixed_datalist(
             "its own min and max like a real scan; pools from `generate` mark it (true: divided by 255, as written)."
         )
     return items + syn, classes
+
+
+def load_pool_items(
+    pool: str | os.PathLike, classes: Sequence[str], check_files: bool = True, datalist: str | os.PathLike | None = None
+) -> list[dict]:
+    """Every entry of a synthetic pool manifest, marked ``source: synthetic``, checked against ``classes``.
+
+    Args:
+        pool: the manifest (``generate`` writes ``POOL/pool.json``).
+        classes: the class list of the real datalist the pool goes with.
+        check_files: fail early, naming the entry, if an entry points at a missing file.
+        datalist: the real datalist, for the message.
+
+    Raises:
+        ValueError: the pool's classes (or their order) differ from ``classes``: its labels would mean other classes.
+    """
+    doc = load_datalist_file(pool)
+    if doc["classes"] != list(classes):
+        order = " (same names, another order: its labels would mean other classes)" if sorted(doc["classes"]) == sorted(classes) else ""
+        raise ValueError(f"{pool}: pool classes {doc['classes']} differ from {datalist or 'the datalist'} classes {list(classes)}{order}.")
+    syn = [i for k, v in doc.items() if isinstance(v, list) and k != "classes" for i in v]
+    return validate_items([{**i, "source": "synthetic"} for i in syn], classes, str(pool), check_files=check_files)
 
 
 def load_training_data(

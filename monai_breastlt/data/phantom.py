@@ -21,7 +21,11 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from monai_breastlt.utils import check_range, check_writable_dir, read_json
+
 __all__ = ["LesionSubtype", "DEFAULT_SUBTYPES", "long_tail_counts", "render_phantom", "generate_phantom"]
+
+MIN_IMAGE_SIZE = 16  # the tissue layers, lesion and speckle of render_phantom need a few pixels each
 
 
 @dataclass(frozen=True)
@@ -259,12 +263,15 @@ def generate_phantom(
     images_per_patient: tuple[int, int] = (1, 2),
     atypical_prob: float = 0.15,
     fractions: Sequence[float] = (0.6, 0.2, 0.2),
+    overwrite: bool = False,
 ) -> Path:
     """Write a long-tailed phantom: ``OUT/<class>/<id>.png``, ``<id>_mask.png`` and ``OUT/datalist.json``.
 
     The folder is readable by :func:`~monai_breastlt.data.scan_class_folder` too. The datalist holds a
     patient-grouped stratified split; every entry carries its drawn ``attributes`` and patient ``group``.
-    The same arguments always give the same files.
+    The same arguments always give the same files, so a folder holding the phantom of the same arguments is written
+    again (byte-identical); a ``datalist.json`` of other data or other arguments is refused unless ``overwrite``.
+    Every argument and the output folder are checked before anything is written.
 
     Args:
         out_dir: destination folder.
@@ -277,16 +284,39 @@ def generate_phantom(
         images_per_patient: range of images drawn per patient (several views of one lesion).
         atypical_prob: fraction of lesions that look like their look-alike subtype.
         fractions: train/validation/test fractions of the datalist split.
+        overwrite: replace a ``datalist.json`` already in ``out_dir`` that another call (or other data) wrote.
 
     Returns:
         the path of the datalist JSON.
+
+    Raises:
+        ValueError: an argument out of its range, or ``out_dir`` holds another datalist (and not ``overwrite``).
+        OSError: ``out_dir`` cannot be created or written.
     """
     from monai_breastlt.data.split import prepare_split  # local: split imports datalist, which this module feeds
 
     out = Path(out_dir)
+    check_range("image_size", image_size, MIN_IMAGE_SIZE, integer=True)
+    check_range("seed", seed, 0, integer=True)
+    check_range("atypical_prob", atypical_prob, 0, 1)
+    if counts is None:
+        check_range("head_count", head_count, 1, integer=True)
+        check_range("imbalance_ratio", imbalance_ratio, 1)
     counts = list(counts) if counts is not None else long_tail_counts(len(subtypes), head_count, imbalance_ratio)
     if len(counts) != len(subtypes):
         raise ValueError(f"counts has {len(counts)} entries for {len(subtypes)} subtypes.")
+    for k, c in enumerate(counts):
+        check_range(f"counts[{k}]", c, 1, integer=True)
+    lo, hi = images_per_patient
+    check_range("images_per_patient[0]", lo, 1, integer=True)
+    check_range("images_per_patient[1]", hi, lo, integer=True)
+    path = out / "datalist.json"
+    settings = {"counts": counts, "image_size": image_size, "seed": seed, "subtypes": [s.name for s in subtypes],
+                "images_per_patient": [lo, hi], "atypical_prob": atypical_prob}
+    check_writable_dir(out, "phantom folder")
+    if path.exists() and not overwrite and _phantom_settings(path) != settings:
+        raise FileExistsError(f"{path} already exists (other data, or a phantom made with other arguments); pass --overwrite "
+                              "(overwrite=True) to replace it, or choose another output folder.")
     items = []
     for label, (sub, n) in enumerate(zip(subtypes, counts)):
         folder = out / sub.name
@@ -314,6 +344,16 @@ def generate_phantom(
                 )
                 k += 1
             patient += 1
-    path = out / "datalist.json"
-    prepare_split(items, [s.name for s in subtypes], path, fractions=fractions, seed=seed, overwrite=True)
+    # what made it is recorded: a call with the same arguments may write it again
+    prepare_split(items, [s.name for s in subtypes], path, fractions=fractions, seed=seed, overwrite=True, check_files=False,
+                  extra={"phantom": settings})
     return path
+
+
+def _phantom_settings(path: Path) -> dict | None:
+    """The phantom arguments recorded in an existing datalist, or ``None`` (unreadable, or not a phantom's)."""
+    try:
+        doc = read_json(path)
+    except (ValueError, OSError):
+        return None
+    return doc.get("phantom") if isinstance(doc, dict) else None

@@ -63,19 +63,26 @@ def read_any_source(source: str | os.PathLike, min_count: int = 0) -> tuple[dict
 
     Args:
         source: the path.
-        min_count: BUS-BRA only: merge classes with fewer images into ``other``.
+        min_count: BUS-BRA only: merge classes with fewer images into ``other`` (refused for other sources).
     """
     path = Path(source)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such data source (datalist JSON, data folder, BUS-BRA folder or CSV).")
     if path.is_dir() and (path / "datalist.json").is_file():
         path = path / "datalist.json"
+    is_busbra = path.is_dir() and (path / "bus_data.csv").is_file()
+    if min_count < 0:
+        raise ValueError(f"min_count (--min-count) must be >= 0, got {min_count}.")
+    if min_count > 0 and not is_busbra:
+        kind = "datalist" if path.suffix == ".json" else "CSV" if path.suffix == ".csv" else "class folder"
+        raise ValueError(f"{path}: min_count {min_count} (--min-count) merges the rare classes of a BUS-BRA folder (one holding "
+                         f"bus_data.csv) only; this source is a {kind}, whose classes are used as they are: leave it out.")
     if path.suffix == ".json":
         doc = load_datalist_file(path)
         return {k: v for k, v in doc.items() if isinstance(v, list) and k != "classes"}, doc["classes"]
     if path.suffix == ".csv":
         items, classes = read_csv_datalist(path)
-    elif path.is_dir() and (path / "bus_data.csv").is_file():
+    elif is_busbra:
         items, classes = read_busbra(path, min_count=min_count)
     else:
         items, classes = scan_class_folder(path)

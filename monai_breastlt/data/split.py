@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import defaultdict
 from collections.abc import Sequence
@@ -9,8 +10,12 @@ from pathlib import Path
 
 import numpy as np
 
+from monai_breastlt.data.checks import check_image_files, warn_leakage
 from monai_breastlt.data.datalist import SECTIONS, load_datalist_file, validate_items, write_datalist
 from monai_breastlt.data.public import read_any_source
+from monai_breastlt.utils import check_writable_dir
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["stratified_group_split", "long_tail_subsample", "prepare_split", "prepare_benchmark_data"]
 
@@ -101,13 +106,32 @@ def prepare_split(
     seed: int = 0,
     group_key: str | None = "group",
     overwrite: bool = False,
+    check_files: bool = True,
+    source: str | os.PathLike | None = None,
+    extra: dict | None = None,
 ) -> dict:
     """Write the split datalist once; later calls with the same settings reuse the file.
 
-    Both phases call this with the same ``path``, so synthesis never sees the classification test images.
+    Both phases call this with the same ``path``, so synthesis never sees the classification test images. Before
+    anything is written, every file of every entry is checked (all bad ones named at once); a split that leaves the
+    training or validation section empty is refused (training learns on one and chooses its model on the other), an
+    empty test section is warned about, and images or patients found in two splits (same bytes under two names, or
+    a ``group`` spread by the source) are warned about.
+
+    Args:
+        items: the entries to split.
+        classes: class names in label order.
+        path: the datalist JSON to write.
+        fractions, seed, group_key: see :func:`stratified_group_split`.
+        overwrite: replace an existing file made with other settings.
+        check_files: check the entries' files first (``False``: files written just before, by the caller).
+        source: where the entries come from, for the messages.
+        extra: further top-level keys of the file (provenance).
 
     Raises:
-        ValueError: the file exists but was made with other settings or classes (pass ``overwrite=True``).
+        ValueError: the file exists but was made with other settings or classes (pass ``overwrite=True``); an entry
+            or a file is unusable; the split leaves training or validation empty.
+        OSError: ``path`` cannot be written.
     """
     path = Path(path)
     settings = {"seed": int(seed), "fractions": [float(f) for f in fractions], "group_key": group_key}
@@ -119,9 +143,23 @@ def prepare_split(
                 f"not {settings} and {list(classes)}; delete it or pass overwrite=True."
             )
         return doc
-    items = validate_items(items, classes, str(path))
+    check_writable_dir(path.parent, "folder of the datalist")
+    where = str(source or path)
+    items = validate_items(items, classes, where)
     sections = stratified_group_split(items, fractions, seed, group_key)
-    write_datalist(path, sections, classes, split=settings)
+    empty = [k for k in SECTIONS if k in sections and not sections[k]]
+    if {"training", "validation"} & set(empty):
+        counts = ", ".join(f"{k} {len(v)}" for k, v in sections.items())
+        raise ValueError(f"{path}: fractions {settings['fractions']} over {len(items)} entries leave {' and '.join(empty)} empty "
+                         f"({counts}); training needs training and validation entries: give them non-zero fractions "
+                         "(and enough patients per class); nothing was written.")
+    if empty:
+        logger.warning("%s: fractions %s leave %s empty: the classification bundle's evaluate.yaml has nothing to test on.",
+                       path, settings["fractions"], " and ".join(empty))
+    if check_files:
+        check_image_files({"source": items}, where)
+    warn_leakage(sections, str(path), group_key or "group")
+    write_datalist(path, sections, classes, split=settings, **(extra or {}))
     return load_datalist_file(path)
 
 

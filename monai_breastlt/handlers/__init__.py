@@ -1,7 +1,14 @@
 from __future__ import annotations
 
 from .adaptive_sampler import AdaptiveSamplerHandler
-from .checkpoint import AtomicCheckpointSaver, BestModelState, ResumeCheckpointLoader, ResumeCheckpointSaver, RNGStates
+from .checkpoint import (
+    AtomicCheckpointSaver,
+    BestModelState,
+    ResumeCheckpointLoader,
+    ResumeCheckpointSaver,
+    RNGStates,
+    SafeCheckpointLoader,
+)
 from .determinism import EpochDeterminism, MetaTrackingOff
 from .ema import ExponentialMovingAverage
 from .report import LongTailReportHandler, PredictionTable, ValidationHistory

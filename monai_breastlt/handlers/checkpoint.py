@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+import pickle
 import random
+import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,15 +17,18 @@ import torch
 from monai.handlers import CheckpointLoader, CheckpointSaver
 from monai.utils import IgniteInfo, min_version, optional_import
 
-from monai_breastlt.utils import atomic_torch_save
+from monai_breastlt.utils import atomic_torch_save, checkpoint_load_problem
 
 BaseSaveHandler, _ = optional_import("ignite.handlers.checkpoint", IgniteInfo.OPT_IMPORT_VERSION, min_version, "BaseSaveHandler", as_type="base")
+Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 if TYPE_CHECKING:
     from ignite.engine import Engine
 else:
     Engine, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine", as_type="decorator")
 
-__all__ = ["AtomicCheckpointSaver", "BestModelState", "RNGStates", "ResumeCheckpointLoader", "ResumeCheckpointSaver"]
+__all__ = ["AtomicCheckpointSaver", "BestModelState", "RNGStates", "ResumeCheckpointLoader", "ResumeCheckpointSaver", "SafeCheckpointLoader"]
+
+logger = logging.getLogger(__name__)
 
 
 class _AtomicDiskSaver(BaseSaveHandler):
@@ -144,6 +150,10 @@ class ResumeCheckpointSaver(_IncludesEngine, AtomicCheckpointSaver):
     ``engine_key`` and the global RNG states under ``rng_key``. A bundle config cannot list the trainer in the
     ``save_dict`` of one of the trainer's own handlers (a circular reference); this handler adds it at ``attach``.
 
+    After each interval checkpoint, the older interval checkpoints of the same name pattern beyond ``n_saved`` are
+    removed, those of an earlier (resumed or killed) process included: ignite only counts the files its own process
+    saved, so a resumed run would otherwise keep every checkpoint from before the resume.
+
     Args:
         engine_key: key of the engine in the checkpoint.
         rng_key: key of the RNG states (``None``: not saved).
@@ -152,11 +162,73 @@ class ResumeCheckpointSaver(_IncludesEngine, AtomicCheckpointSaver):
 
     _objects_attr = "save_dict"
 
+    def attach(self, engine: Engine) -> None:
+        super().attach(engine)
+        ckpt = self._interval_checkpoint
+        if ckpt is not None and ckpt.n_saved is not None:  # registered after the save: runs once the new file is there
+            engine.add_event_handler(Events.EPOCH_COMPLETED if self.epoch_level else Events.ITERATION_COMPLETED, self._prune)
 
-class ResumeCheckpointLoader(_IncludesEngine, CheckpointLoader):
+    def _prune(self, engine: Engine) -> None:
+        ckpt = self._interval_checkpoint
+        if not ckpt._saved:
+            return
+        newest = ckpt._saved[-1].filename
+        # ignite's name: [<prefix>_]checkpoint_<score name>=<step>.pt; several objects are saved, so the name is "checkpoint"
+        stem, _, _ = newest.rpartition("=")
+        pattern = re.compile(re.escape(stem) + r"=(\d+)\.pt$")
+        on_disk = sorted((int(m.group(1)), p) for p in Path(self.save_dir).iterdir() if (m := pattern.match(p.name)))
+        kept = {item.filename for item in ckpt._saved}
+        extra = [p for _, p in on_disk if p.name not in kept]
+        for path in extra[: max(0, len(on_disk) - ckpt.n_saved)]:  # the oldest first
+            with contextlib.suppress(OSError):
+                path.unlink()
+                logger.info("removed %s: older than the %d newest checkpoint(s) kept", path, ckpt.n_saved)
+
+
+class SafeCheckpointLoader(CheckpointLoader):
     """
-    MONAI's ``CheckpointLoader`` (``weights_only=True``) that also restores the engine it is attached to and the RNG
-    states, the counterpart of :py:class:`ResumeCheckpointSaver`.
+    MONAI's ``CheckpointLoader`` (``weights_only=True``) whose refusals are one line naming the file: a file holding
+    pickled code or objects, a truncated or foreign file, or weights of another network. PyTorch's own messages span
+    paragraphs (and suggest ``weights_only=False``, which would run the file's code) or list every mismatched key.
+    Same arguments as ``CheckpointLoader``.
+    """
+
+    def __call__(self, engine: Engine) -> None:
+        if not Path(self.load_path).is_file():
+            raise FileNotFoundError(f"{self.load_path}: checkpoint not found" + (" (it is a folder)." if Path(self.load_path).is_dir() else "."))
+        try:
+            super().__call__(engine)
+        except Exception as e:  # torch raises several types for refused globals, corrupt zips and mismatched weights
+            text = str(e)
+            if "Error(s) in loading state_dict" in text:
+                raise ValueError(f"{self.load_path}: weights of another network, not of this {', '.join(self.load_dict)} "
+                                 f"({_mismatch_summary(text)}).") from e
+            if isinstance(e, (pickle.UnpicklingError, EOFError)) or "PytorchStreamReader" in text:
+                raise ValueError(f"{self.load_path}: {checkpoint_load_problem(self.load_path, e)}") from e
+            if isinstance(e, KeyError):
+                raise ValueError(f"{self.load_path}: has no {text} entry; expected a checkpoint holding {', '.join(self.load_dict)}.") from e
+            raise
+
+
+def _mismatch_summary(text: str) -> str:
+    """Counts and first keys of PyTorch's ``load_state_dict`` report, which lists every key."""
+    parts = []
+    for label, pattern in (("weights missing", r"Missing key\(s\) in state_dict: (.*)"), ("unexpected weights", r"Unexpected key\(s\) in state_dict: (.*)")):
+        m = re.search(pattern, text)
+        if m:
+            keys = re.findall(r'"([^"]+)"', m.group(1))
+            parts.append(f"{len(keys)} {label}, e.g. {', '.join(keys[:3])}")
+    shapes = re.findall(r"size mismatch for ([\w.]+)", text)
+    if shapes:
+        parts.append(f"{len(shapes)} of other shapes, e.g. {', '.join(shapes[:3])}")
+    return "; ".join(parts) or text.strip().splitlines()[0]
+
+
+class ResumeCheckpointLoader(_IncludesEngine, SafeCheckpointLoader):
+    """
+    :py:class:`SafeCheckpointLoader` (``weights_only=True``, one-line refusals) that also restores the engine it is
+    attached to and the RNG states, the counterpart of :py:class:`ResumeCheckpointSaver`. Give it
+    :func:`~monai_breastlt.utils.latest_checkpoint`, which skips a truncated newest file for the newest valid one.
 
     Args:
         engine_key: key of the engine in the checkpoint.

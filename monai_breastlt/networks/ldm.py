@@ -133,10 +133,14 @@ class SketchConditionedLDM(nn.Module):
             conditioning_embedding_in_channels=sketch_channels, conditioning_embedding_num_channels=cond, **unet_args
         )
         self.register_buffer("scale_factor", torch.tensor(1.0))
+        # (H, W) of the images the diffusion stages were trained on (set by the trainer, saved with the weights):
+        # sampling at another size gives images the model never learnt, so generation refuses it
+        self.image_size: list[int] | None = None
 
     def get_extra_state(self) -> dict:
-        """The architecture travels inside the state dict (plain types: loads with ``weights_only=True``)."""
-        return {"config": self.config}
+        """The architecture (and the training image size) travel inside the state dict (plain types: loads with
+        ``weights_only=True``)."""
+        return {"config": self.config, "image_size": self.image_size}
 
     def set_extra_state(self, state: dict) -> None:
         config = state.get("config") if state else None
@@ -144,6 +148,14 @@ class SketchConditionedLDM(nn.Module):
             config = {**config, "noise_schedule": _with_prediction_type(config["noise_schedule"])}
         if config not in (None, self.config):
             raise ValueError(f"checkpoint architecture {state['config']} differs from this model's {self.config}.")
+        size = state.get("image_size") if state else None
+        self.image_size = [int(v) for v in size] if size is not None else None
+
+    @staticmethod
+    def image_size_from_state_dict(state_dict: dict) -> list[int] | None:
+        """The ``(H, W)`` the diffusion stages of a saved model were trained on (``None``: not recorded)."""
+        size = (state_dict.get("_extra_state") or {}).get("image_size")
+        return [int(v) for v in size] if size is not None else None
 
     @classmethod
     def from_state_dict(cls, state_dict: dict) -> SketchConditionedLDM:

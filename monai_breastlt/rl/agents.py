@@ -14,7 +14,7 @@ from monai.utils import optional_import
 from monai_breastlt.rl.env import ClassAgentsVecEnv, RatioProcess
 from monai_breastlt.rl.observation import ClassAgents
 from monai_breastlt.rl.policies import RatioPolicy
-from monai_breastlt.utils import atomic_torch_save, torch_load_safe
+from monai_breastlt.utils import atomic_torch_save, checkpoint_load_problem, torch_load_safe
 
 PPO, _ = optional_import("stable_baselines3", name="PPO")
 configure_logger, _ = optional_import("stable_baselines3.common.logger", name="configure")
@@ -95,10 +95,13 @@ class MultiAgentRatioPolicy(RatioPolicy):
         """Weights only, never unpickled objects: our ``.pt`` (``torch.load(weights_only=True)``) or an SB3 ``.zip``
         through ``set_parameters`` (which reads only the ``.pth`` tensors of the archive, weights-only too)."""
         path = Path(path)
-        if path.suffix == ".zip":
-            self.model.set_parameters(str(path), exact_match=True, device=self.device)
-        else:
+        if path.suffix != ".zip":
             self.load_state_dict(torch_load_safe(path))
+            return
+        try:
+            self.model.set_parameters(str(path), exact_match=True, device=self.device)
+        except Exception as e:  # SB3 passes torch's multi-paragraph refusals and zip errors through
+            raise ValueError(f"{path}: not usable as SB3 policy weights: {checkpoint_load_problem(path, e)}") from e
 
     def reset(self, class_counts: Sequence[int], ratios: Sequence[float] | float = 0.0) -> None:
         super().reset(class_counts, ratios)

@@ -162,6 +162,11 @@ class PoolAuditor:
         ``near_copies.png`` (see :meth:`write`)."""
         if not pool or not real:
             raise ValueError(f"audit needs synthetic and real images (got {len(pool)} and {len(real)}).")
+        for k, item in enumerate(pool):  # a pool of another class order would be audited against the wrong labels
+            label, name = int(item["label"]), item.get("class_name")
+            if not 0 <= label < len(self.classes) or name not in (None, self.classes[label]):
+                raise ValueError(f"pool entry {k} ({item['image']}): label {label} '{name}' is not class {label} of the auditor's "
+                                 f"{self.classes}: the pool's class order differs from the real datalist's.")
         syn_img, syn_masks = self._images_and_masks(pool)
         real_img, real_masks = self._images_and_masks(real)
         syn_logits, syn_feat = self._run(syn_img)

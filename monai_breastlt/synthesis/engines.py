@@ -204,6 +204,11 @@ class LatentDiffusionTrainer(SupervisedTrainer):
         net: SketchConditionedLDM = self.network
         device = engine.state.device
         images = batchdata[self.image_key].to(device)
+        size = list(images.shape[2:])
+        if net.image_size is not None and net.image_size != size:
+            raise ValueError(f"the model's earlier stages were trained on {'x'.join(map(str, net.image_size))} images, this stage "
+                             f"gets {'x'.join(map(str, size))}: train every stage with the same image_size.")
+        net.image_size = size  # saved with the weights: generation refuses another size
         labels = batchdata[self.label_key].long().view(-1).to(device)
         sketch = batchdata[self.sketch_key].to(device) if self.use_controlnet else None
         net.autoencoder.eval()

@@ -16,7 +16,7 @@ from monai_breastlt.data.datalist import load_datalist_file, validate_items, wri
 from monai_breastlt.inferers import ClassSketchLatentDiffusionInferer
 from monai_breastlt.networks import SketchConditionedLDM, SketchPerceptionNet
 from monai_breastlt.transforms import PRESCALED_KEY, RandSketchPerturb, ultrasound_preprocessing
-from monai_breastlt.utils import atomic_open
+from monai_breastlt.utils import SETTING_RANGES, atomic_open, check_range
 from monai_breastlt.visualize import save_sample_grid
 
 __all__ = ["plan_targets", "save_png", "SyntheticPoolGenerator"]
@@ -105,6 +105,8 @@ class SyntheticPoolGenerator:
     ) -> None:
         if sampler not in ("ddim", "ddpm"):
             raise ValueError(f"sampler must be 'ddim' or 'ddpm', got '{sampler}'.")
+        self._check_settings(model, image_size, num_inference_steps, guidance_scale, conditioning_scale, batch_size, seed, perturb,
+                             guidance_interval)
         self.model, self.perception = model.eval().to(device), perception.eval().to(device)
         self.classes = list(classes)
         if model.num_classes != len(self.classes):
@@ -117,6 +119,30 @@ class SyntheticPoolGenerator:
         self.device = torch.device(device)
         self.manifest = self.out / "pool.json"
         self.preprocess = ultrasound_preprocessing(image_size, mask_key=None)
+
+    @staticmethod
+    def _check_settings(model: SketchConditionedLDM, image_size: int, steps: int, guidance_scale: float, conditioning_scale: float,
+                        batch_size: int, seed: int, perturb: float, guidance_interval: Sequence[int] | None) -> None:
+        """Refuse, before any image is written, a setting that would write a wrong pool (a NaN scale gives black
+        images, 0 steps pure noise, another image size than the model's images it never learnt)."""
+        train_steps = int(model.noise_schedule.get("num_train_timesteps", 1000))
+        for name, value in (("guidance_scale", guidance_scale), ("conditioning_scale", conditioning_scale), ("perturb", perturb),
+                            ("batch_size", batch_size), ("seed", seed)):
+            check_range(name, value, **SETTING_RANGES[name])
+        check_range("num_inference_steps", steps, 1, train_steps, integer=True)  # no more steps than the model was trained with
+        check_range("image_size", image_size, model.latent_downsample, integer=True)
+        if image_size % model.latent_downsample:
+            raise ValueError(f"image_size must be a multiple of the autoencoder's downsampling {model.latent_downsample}, got {image_size}.")
+        if model.image_size is not None and model.image_size != [image_size, image_size]:
+            trained = "x".join(map(str, model.image_size))
+            raise ValueError(f"the model was trained on {trained} images (recorded in its checkpoint), image_size is {image_size}: "
+                             f"generate at its size (image_size {model.image_size[0]}, generate --image-size {model.image_size[0]}).")
+        if guidance_interval is not None:
+            if len(guidance_interval) != 2:
+                raise ValueError(f"guidance_interval must be two timesteps [t_low, t_high], got {list(guidance_interval)}.")
+            low, high = guidance_interval
+            check_range("guidance_interval t_low", low, 0, train_steps - 1, integer=True)
+            check_range("guidance_interval t_high", high, low, train_steps - 1, integer=True)
 
     def _pool_id(self, label: int, k: int) -> str:
         """The fixed id of the ``k``-th synthetic image of class ``label``."""

@@ -20,6 +20,7 @@ from monai.transforms import (
     Transform,
 )
 from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor
+from PIL import ImageOps
 
 __all__ = [
     "EnsureGrayscale",
@@ -34,6 +35,7 @@ __all__ = [
     "ScaleUltrasoundIntensityD",
     "ScaleUltrasoundIntensityDict",
     "PRESCALED_KEY",
+    "ultrasound_reader",
     "ultrasound_preprocessing",
 ]
 
@@ -99,7 +101,8 @@ class ValidateUltrasoundd(MapTransform):
     """
     Check a loaded sample and turn masks into one binary channel.
 
-    - the image must be finite (no NaN/Inf) and not constant;
+    - the image must be 2D (a volume or a cine loop given as an image is refused, naming the file);
+    - the image must be finite (no NaN/Inf);
     - several mask files (loaded as channels) are merged by their union;
     - the mask must have the image's spatial shape.
 
@@ -120,6 +123,8 @@ class ValidateUltrasoundd(MapTransform):
         for key in self.key_iterator(d):
             img = d[key]
             src = _source(img)
+            if img.ndim != 3:  # channel-first 2D: (C, H, W)
+                raise ValueError(f"{src}: image of shape {tuple(img.shape[1:])} has {img.ndim - 1} spatial dimensions, expected a 2D image.")
             t = torch.as_tensor(img)
             if not torch.isfinite(t).all():
                 raise ValueError(f"{src}: image has {int((~torch.isfinite(t)).sum())} NaN/Inf pixels.")
@@ -196,6 +201,12 @@ class ScaleUltrasoundIntensityd(MapTransform):
         return d
 
 
+def ultrasound_reader() -> PILReader:
+    """MONAI's ``PILReader`` reading arrays as ``(H, W)`` like the files, with a JPEG's EXIF orientation applied (a
+    scan exported by a phone or a viewer may be stored sideways with an orientation tag; the viewer shows it upright)."""
+    return PILReader(reverse_indexing=False, converter=ImageOps.exif_transpose)
+
+
 def ultrasound_preprocessing(
     image_size: int | Sequence[int] = 64,
     image_key: str = "image",
@@ -204,7 +215,7 @@ def ultrasound_preprocessing(
 ) -> Compose:
     """Load, grey, validate, resize and scale 2D ultrasound entries: the shared front of every pipeline.
 
-    PNG/JPG/BMP are read with ``PILReader(reverse_indexing=False)`` so arrays are ``(H, W)`` like the files;
+    PNG/JPG/BMP are read by :func:`ultrasound_reader` so arrays are ``(H, W)`` like the files, upright;
     NIfTI, NRRD and other formats fall back to MONAI's default readers (nibabel, ITK). Images are scaled
     to [0, 1] by :py:class:`ScaleUltrasoundIntensityd` (min-max, or by the stored range for an entry marked
     ``prescaled``, as synthetic images are); masks are resized with nearest neighbour. A missing mask is fine.
@@ -216,11 +227,13 @@ def ultrasound_preprocessing(
         extra_keys: further image-like keys to load and resize bilinearly (e.g. ``"sketch"``).
     """
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    if len(size) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in size):
+        raise ValueError(f"image_size must be a positive integer (or two), got {image_size!r}.")
     keys = [image_key, *extra_keys]
     all_keys = keys + ([mask_key] if mask_key else [])
     return Compose(
         [
-            LoadImaged(all_keys, reader=PILReader(reverse_indexing=False), ensure_channel_first=True, allow_missing_keys=True),
+            LoadImaged(all_keys, reader=ultrasound_reader(), ensure_channel_first=True, allow_missing_keys=True),
             EnsureGrayscaled(keys, allow_missing_keys=True),
             ValidateUltrasoundd(image_key, mask_key=mask_key),
             Resized(keys, spatial_size=size, mode="bilinear", anti_aliasing=True, allow_missing_keys=True),
