@@ -58,6 +58,11 @@ def test_bench_lt_tiny_table_parses_and_resumes(tiny_phantom, tmp_path, capsys):
     assert main(argv) == 0
     assert "bench lt: train" not in capsys.readouterr().out
     assert (out / "runs" / "ce" / "seed0" / "train_done.json").stat().st_mtime_ns == stamp
+    # a longer budget later: the finished runs resume to the new epoch count and are tested again
+    assert main([*argv[: argv.index("--epochs") + 1], "3", *argv[argv.index("--epochs") + 2 :]]) == 0
+    assert capsys.readouterr().out.count("bench lt: train") == 2
+    assert json.loads((out / "runs" / "ce" / "seed0" / "train_done.json").read_text())["epochs"] == 3
+    assert len(json.loads((out / "runs" / "ce" / "seed0" / "val_report.json").read_text())["val_history"]) == 3
 
 
 def test_prepare_benchmark_data_subsamples_training_only(tiny_phantom, tmp_path):

@@ -391,26 +391,46 @@ class LongTailBenchmark:
             **self.overrides,
         }
 
+    def _epochs(self, arm: str) -> int:
+        return self.crt_epochs if self.options[arm].get("crt") else self.epochs
+
+    def _trained(self, arm: str, seed: int) -> bool:
+        """Whether the run has trained for this benchmark's epochs (a run made with fewer resumes to more: a budget can
+        be extended later, and the run's test is then repeated)."""
+        done = self.run_dir(arm, seed) / "train_done.json"
+        return done.is_file() and read_json(done).get("epochs", 0) >= self._epochs(arm)
+
     def _train(self, arm: str, seed: int) -> None:
         """Train (or resume) one arm/seed: its own training, or a cRT stage on its stage-1 model."""
         opts, rdir = self.options[arm], self.run_dir(arm, seed)
-        if (rdir / "train_done.json").is_file():
+        if opts.get("crt") and not self._trained(opts["stage1"], seed):
+            (rdir / "train_done.json").unlink(missing_ok=True)  # a re-trained stage 1 needs a new cRT stage from scratch
+            for ckpt in (rdir / "models").glob("checkpoint*.pt"):
+                ckpt.unlink()
+        if self._trained(arm, seed):
             return
-        common, train = self._common(arm, seed), {"max_epochs": self.epochs, "resume": True}
+        common, train = self._common(arm, seed), {"max_epochs": self._epochs(arm), "resume": True}
         if opts.get("crt"):  # classifier layer only, class-balanced real data, from the stage-1 model
             self._train(opts["stage1"], seed)
-            train.update(init_ckpt=str(self.run_dir(opts["stage1"], seed) / "models" / "model.pt"), classifier_only=True,
-                         max_epochs=self.crt_epochs)
+            train.update(init_ckpt=str(self.run_dir(opts["stage1"], seed) / "models" / "model.pt"), classifier_only=True)
         self.log(f"bench lt: train {arm} seed {seed}")
+        done = rdir / "train_done.json"
+        before = read_json(done)["seconds"] if done.is_file() else 0.0
         start = time.time()
         run_bundle(self.cls, ["train.yaml"], tracking=mlflow_tracking_settings(), tracking_uri=self.tracking_uri,
                    experiment_name=self.experiment, run_name=f"{arm}-seed{seed}", **common, **train)
-        atomic_write_json({"seconds": time.time() - start}, rdir / "train_done.json")
+        atomic_write_json({"seconds": before + time.time() - start, "epochs": self._epochs(arm)}, done)
+        (rdir / "test_report.json").unlink(missing_ok=True)  # the test of a shorter training is stale
 
     def run_one(self, arm: str, seed: int) -> dict:
         """Train (or resume) and test one arm/seed; returns its test report."""
         opts, rdir = self.options[arm], self.run_dir(arm, seed)
         report_path = rdir / "test_report.json"
+        source = opts["stage1"] if "posthoc_tau" in opts else arm
+        if not self._trained(source, seed) or (opts.get("crt") and not self._trained(opts["stage1"], seed)):
+            report_path.unlink(missing_ok=True)
+            for old in (rdir / "external").glob("*/*") if (rdir / "external").is_dir() else []:
+                old.unlink()
         if not report_path.is_file():
             evaluate, common = {}, self._common(arm, seed)
             if "posthoc_tau" in opts:  # no training: the stage-1 model, logits adjusted at test time
