@@ -29,9 +29,22 @@ def shared_data(name: str) -> Path:
     return path
 
 
+# The tests' one tiny synthesis configuration: SketchConditionedLDM and SketchPerceptionNet arguments, and the same
+# networks as synthesis-bundle overrides (TINY_BUNDLE_NETS, for bundle runs)
 TINY_LDM = dict(
     ae_channels=(8, 16), unet_channels=(16, 32), unet_attention=(False, True), num_head_channels=16, norm_num_groups=8, latent_channels=2
 )
+TINY_PERCEPTION = dict(features=(4, 4, 8, 8, 16, 4))
+TINY_BUNDLE_NETS = {
+    **{f"ldm_def#{k}": list(v) if isinstance(v, tuple) else v for k, v in TINY_LDM.items()},
+    **{f"perception_def#{k}": list(v) for k, v in TINY_PERCEPTION.items()},
+}
+
+
+def tiny_perception():
+    from monai_breastlt.networks import SketchPerceptionNet
+
+    return SketchPerceptionNet(**TINY_PERCEPTION)
 
 
 def tiny_ldm(num_classes: int = 6, seed: int = 0, **kwargs):

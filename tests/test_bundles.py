@@ -11,7 +11,9 @@ from pathlib import Path
 import torch
 from mlflow import MlflowClient
 
-from monai_breastlt.workflows import TINY_NETS, default_bundles_dir, run_bundle
+from conftest import TINY_BUNDLE_NETS
+
+from monai_breastlt.workflows import default_bundles_dir, run_bundle
 from monai_breastlt.cli.main import main
 
 BUNDLES = default_bundles_dir()
@@ -75,7 +77,7 @@ def test_classification_bundle_cli_with_mlflow(tiny_phantom, tmp_path):
 
 
 def test_synthesis_stage_cli(tiny_phantom, tmp_path):
-    overrides = [x for k, v in TINY_NETS.items() for x in (f"--{k}", json.dumps(v).replace(" ", "").lower())]
+    overrides = [x for k, v in TINY_BUNDLE_NETS.items() for x in (f"--{k}", json.dumps(v).replace(" ", "").lower())]
     _bundle_cli(
         "run", "--bundle_root", str(SYN), "--config_file", str([str(SYN / "configs/common.yaml"), str(SYN / "configs/train_autoencoder.yaml")]),
         "--meta_file", str(SYN / "configs/metadata.json"), "--dataset_dir", str(tiny_phantom.parent),
@@ -132,7 +134,7 @@ def test_demo_without_bundles_is_a_clear_error(tmp_path, capsys):
 
 def test_synthesis_stages_resume(tiny_phantom, tmp_path, capsys):
     """Each training stage writes resume checkpoints; --resume True continues the stage instead of restarting."""
-    common = {"dataset_dir": str(tiny_phantom.parent), "output_dir": str(tmp_path / "syn"), "image_size": 32, "batch_size": 8, **TINY_NETS}
+    common = {"dataset_dir": str(tiny_phantom.parent), "output_dir": str(tmp_path / "syn"), "image_size": 32, "batch_size": 8, **TINY_BUNDLE_NETS}
     run_bundle(SYN, ["common.yaml", "train_autoencoder.yaml"], max_epochs=1, **common)
     for config, extra, prefix in (("train_perception.yaml", {}, "perception"), ("train_diffusion.yaml", {}, "unet"),
                                   ("train_diffusion.yaml", {"use_controlnet": True}, "controlnet")):
