@@ -106,9 +106,12 @@ def test_synthesis_bundle_samples_rare_classes_more_often(tiny_phantom):
 
 
 def test_demo_fast_end_to_end(tmp_path, capsys):
-    assert main(["demo", "--fast", "--out", str(tmp_path / "demo")]) == 0
+    """Phase 1 trained (tiny), both arms, the audit and the summary; --verbose brings the bundles' per-iteration log."""
+    assert main(["demo", "--fast", "--verbose", "--out", str(tmp_path / "demo")]) == 0
     text = capsys.readouterr().out
     assert "| rl_sampler |" in text and "| plain_ce |" in text and "mlflow ui --backend-store-uri sqlite:///" in text
+    assert "Epoch: 1/3, Iter: 1/" in text and "judged by the plain-CE classifier" in text
+    assert "phase 1 trained in this run" in (tmp_path / "demo/summary.md").read_text() and (tmp_path / "demo/summary.png").is_file()
     pool = json.loads((tmp_path / "demo/data/pool/pool.json").read_text())["training"]
     assert pool and all(p["source"] == "synthetic" for p in pool)
     assert (tmp_path / "demo/data/pool/sample_grid.png").is_file()

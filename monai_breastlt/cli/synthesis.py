@@ -1,7 +1,9 @@
-"""``generate`` and ``audit``: a synthetic pool from trained phase-1 models, and its audit, through the synthesis bundle.
+"""``generate`` and ``audit``: a synthetic pool from trained phase-1 models, and its audit, through the synthesis bundle;
+``export-models``: the package's pretrained phantom models from a phase-1 benchmark run.
 
-Both run the bundle's ``inference.yaml`` / ``audit.yaml`` (what ``python -m monai.bundle run`` runs), so the command
-and the bundle give the same pool and the same report. A setting left out keeps the bundle config's default.
+``generate`` and ``audit`` run the bundle's ``inference.yaml`` / ``audit.yaml`` (what ``python -m monai.bundle run``
+runs), so the command and the bundle give the same pool and the same report. A setting left out keeps the bundle
+config's default.
 """
 
 from __future__ import annotations
@@ -49,6 +51,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--batch-size", type=int, default=None)
     a.add_argument("--bundles", default=None, help="folder holding the two bundles (default: next to the package)")
     a.set_defaults(func=run_audit)
+
+    e = sub.add_parser("export-models", help="make the pretrained phantom models (the demo's default) from a `bench synthesis` run",
+                       description="Copies RUN/synthesis/models/{ldm,perception}.pt and the first judge RUN/classifier/models/model.pt, "
+                       "weights only and in half precision, with a manifest (pretrained.json: architectures, sampling settings, "
+                       "the run's audit figures, SHA-256 of each file), into the package's pretrained/phantom folder; the "
+                       "folder is assembled beside it and renamed into place.")
+    e.add_argument("run", help="the --out folder of a finished `python -m monai_breastlt bench synthesis` run on the phantom")
+    e.add_argument("--dest", default=None, help="models folder to write (default: the package's monai_breastlt/pretrained/phantom)")
+    e.add_argument("--replace", action="store_true", help="replace the models already there")
+    e.set_defaults(func=run_export_models)
 
 
 def _given(args: argparse.Namespace, names: dict[str, str]) -> dict:
@@ -102,4 +114,18 @@ def run_audit(args: argparse.Namespace) -> int:
     print(f"report: {out / 'audit_report.json'} (per class), {out / 'audit_grid.png'}")
     if args.filter:
         print(f"filtered pool: {len(read_json(manifest.parent / 'pool_filtered.json')['training'])} images in {manifest.parent / 'pool_filtered.json'}")
+    return 0
+
+
+def run_export_models(args: argparse.Namespace) -> int:
+    from monai_breastlt.pretrained import export_pretrained, phantom_models_dir
+
+    manifest = export_pretrained(args.run, args.dest, replace=args.replace)
+    dest = Path(args.dest) if args.dest else phantom_models_dir()
+    f = manifest["figures"]
+    size = sum(v["bytes"] for v in manifest["files"].values()) / 1e6
+    print(f"models: {dest} ({', '.join(manifest['files'])}, {size:.1f} MB), made by `{manifest['made_by']['command']}`")
+    real = f["judge_macro_real_accuracy"]
+    print(f"audit of that run, with the judge shipped: macro class fidelity {100 * f['judge_macro_fidelity']:.1f} %"
+          + (f" (the judge on real images of those subtypes: {100 * real:.1f} %)" if real is not None else ""))
     return 0
