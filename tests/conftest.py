@@ -25,7 +25,7 @@ def tiny_phantom(tmp_path_factory) -> Path:
 def shared_data(name: str) -> Path:
     path = SHARED_DATA / name
     if not path.is_dir():
-        pytest.skip(f"real data not available: {path} is absent (see ../shared/data/README.md)")
+        pytest.skip(f"real data not available: {path} is absent")
     return path
 
 
