@@ -144,3 +144,15 @@ def test_demo_refuses_bad_model_choices_before_any_work(tiny_run, tmp_path, caps
     assert main(["demo", "--models", str(tmp_path / "none"), "--out", str(out)]) == 2
     assert "no pretrained models here" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_generate_and_audit_take_a_pretrained_models_folder(tiny_run, tiny_phantom, tmp_path, capsys):
+    _, dest = tiny_run
+    pool = tmp_path / "pool"
+    assert main(["generate", str(tiny_phantom.parent), "--models", str(dest), "--pool", str(pool), "--target-mode", "each",
+                 "--target-n", "1", "--steps", "2"]) == 0
+    assert len(read_json(pool / "pool.json")["training"]) == 6  # the manifest's perception features and image size fit
+    assert main(["audit", str(pool), "--real", str(tiny_phantom), "--classifier", str(dest / "judge.pt"), "--models", str(dest),
+                 "--out", str(tmp_path / "audit")]) == 0
+    assert read_json(tmp_path / "audit" / "audit_report.json")["overall"]["n"] == 6
+    assert "audit of 6 images" in capsys.readouterr().out

@@ -241,7 +241,7 @@ def write_summary(out: Path, reports: dict[str, dict], audit: dict, args: argpar
     lines += [
         "", _audit_line(audit, judge) + ".", "",
         f"Wall time {clock.elapsed():.0f} s on {os.cpu_count()} CPU cores ({platform.machine()}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} torch threads), {datetime.date.today().isoformat()}; per stage: "
+        f"{torch.get_num_threads()} torch thread{'s' if torch.get_num_threads() > 1 else ''}), {datetime.date.today().isoformat()}; per stage: "
         + ", ".join(f"{name} {sec:.0f} s" for name, sec in clock.stages[:-1]) + ".",
         "", f"Files: `{data / 'pool'}` (pool, `sample_grid.png`, `audit/`), `{out / 'classification'}/<arm>/` (models, reports, "
         f"confusion matrices, ratio trajectory), MLflow: `mlflow ui --backend-store-uri sqlite:///{out / 'mlruns.db'}`.",

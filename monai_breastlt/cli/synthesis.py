@@ -20,7 +20,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                        description="Sketches come from the perception net on the data's unannotated training images; "
                        "settings left out keep the synthesis bundle's inference.yaml defaults.")
     g.add_argument("data", help="data folder holding datalist.json (the split the models were trained on)")
-    g.add_argument("--models", required=True, help="folder holding ldm.pt and perception.pt (the synthesis bundle's models/)")
+    g.add_argument("--models", required=True, help="folder holding ldm.pt and perception.pt (the synthesis bundle's models/, "
+                   "or a pretrained-models folder such as monai_breastlt/pretrained/phantom)")
     g.add_argument("--pool", default=None, help="pool folder (default: DATA/pool); re-running resumes it")
     g.add_argument("--target-mode", default=None, choices=["fill", "up_to", "each"], help="fill: up to the largest class")
     g.add_argument("--target-n", type=int, default=None, help="N of up_to / each")
@@ -68,16 +69,26 @@ def _given(args: argparse.Namespace, names: dict[str, str]) -> dict:
     return {key: getattr(args, name) for name, key in names.items() if getattr(args, name) is not None}
 
 
+def _models_overrides(models: Path, ldm: bool = True) -> dict:
+    """Bundle overrides for a models folder: ``ckpt_dir`` and the LDM's architecture (read from ``ldm.pt``); for a
+    pretrained-models folder (with ``pretrained.json``) also the perception net's features and the image size."""
+    from monai_breastlt.pretrained import MANIFEST_NAME
+    from monai_breastlt.workflows import ldm_def_from_checkpoint, pretrained_overrides
+
+    if (models / MANIFEST_NAME).is_file():
+        return pretrained_overrides(models)
+    return {"ckpt_dir": str(models), **({"ldm_def": ldm_def_from_checkpoint(models / "ldm.pt")} if ldm else {})}
+
+
 def run_generate(args: argparse.Namespace) -> int:
-    from monai_breastlt.workflows import find_bundles, ldm_def_from_checkpoint, run_bundle
+    from monai_breastlt.workflows import find_bundles, run_bundle
 
     syn, _ = find_bundles(args.bundles)
     models = Path(args.models)
     if not (Path(args.data) / "datalist.json").is_file():
         raise FileNotFoundError(f"{Path(args.data) / 'datalist.json'}: no datalist (write one with `split` or `phantom`).")
     pool = Path(args.pool) if args.pool else Path(args.data) / "pool"
-    overrides = {"dataset_dir": str(args.data), "ckpt_dir": str(models), "pool_dir": str(pool),
-                 "ldm_def": ldm_def_from_checkpoint(models / "ldm.pt"),
+    overrides = {"dataset_dir": str(args.data), "pool_dir": str(pool), **_models_overrides(models),
                  **_given(args, {"target_mode": "target_mode", "target_n": "target_n", "sampler": "sampler", "steps": "num_inference_steps",
                                  "guidance_scale": "guidance_scale", "guidance_interval": "guidance_interval",
                                  "conditioning_scale": "conditioning_scale", "perturb": "perturb",
@@ -90,7 +101,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def run_audit(args: argparse.Namespace) -> int:
-    from monai_breastlt.workflows import find_bundles, ldm_def_from_checkpoint, run_bundle
+    from monai_breastlt.workflows import find_bundles, run_bundle
 
     syn, _ = find_bundles(args.bundles)
     manifest, real = json_in(args.pool, "pool.json"), json_in(args.real, "datalist.json")
@@ -99,12 +110,11 @@ def run_audit(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"{path}: {what} not found.")
     models = Path(args.models)
     out = Path(args.out) if args.out else manifest.parent / "audit"
-    overrides = {"dataset_dir": str(real.parent), "datalist": str(real), "ckpt_dir": str(models), "classifier_ckpt": str(args.classifier),
+    overrides = {"dataset_dir": str(real.parent), "datalist": str(real), "classifier_ckpt": str(args.classifier),
                  "pool_manifest": str(manifest), "audit_dir": str(out), "filter": args.filter,
                  "filtered_manifest": str(manifest.parent / "pool_filtered.json"), "use_autoencoder": not args.no_autoencoder,
+                 **_models_overrides(models, ldm=not args.no_autoencoder),
                  **_given(args, {"min_class_prob": "min_class_prob", "image_size": "image_size", "batch_size": "batch_size"})}
-    if not args.no_autoencoder:
-        overrides["ldm_def"] = ldm_def_from_checkpoint(models / "ldm.pt")
     run_bundle(syn, ["common.yaml", "audit.yaml"], workflow_type="infer", **overrides)
     report = read_json(out / "audit_report.json")
     o = report["overall"]
