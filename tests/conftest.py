@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from pathlib import Path
 
@@ -58,3 +60,18 @@ def tiny_ldm(num_classes: int = 6, seed: int = 0, **kwargs):
         if p.dim() > 1 and p.abs().sum() == 0:
             torch.nn.init.normal_(p, std=0.05)
     return model.eval()
+
+
+@contextlib.contextmanager
+def stats_handler_records():
+    """The records MONAI's ``StatsHandler`` logs meanwhile (a bundle's per-iteration and per-epoch lines). Its logger
+    keeps the stdout handler it got when first used in the process, so ``capsys`` does not always see those lines."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("monai.handlers.StatsHandler")
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)

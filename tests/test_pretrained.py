@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import TINY_PERCEPTION
+from conftest import TINY_PERCEPTION, stats_handler_records
 
 from monai_breastlt.bench.synthesis import benchmark_synthesis
 from monai_breastlt.cli.main import main
@@ -120,10 +120,11 @@ def test_a_models_folder_is_checked_before_use(tiny_run, tmp_path):
 def test_demo_with_pretrained_models_is_quiet_and_writes_a_summary(tiny_run, tmp_path, capsys):
     _, dest = tiny_run
     out = tmp_path / "demo"
-    assert main(["demo", "--fast", "--models", str(dest), "--out", str(out), "--threads", "1"]) == 0
+    with stats_handler_records() as records:
+        assert main(["demo", "--fast", "--models", str(dest), "--out", str(out), "--threads", "1"]) == 0
     text = capsys.readouterr().out
     assert "pool, from the pretrained models in" in text and "judged by the judge shipped with the models" in text
-    assert "Iter:" not in text and "Epoch[" not in text  # no per-iteration or per-epoch log: one line per stage
+    assert records == [] and "Iter:" not in text and "Epoch[" not in text  # no per-iteration or per-epoch log
     assert not (out / "synthesis" / "models").exists()  # phase 1 was not trained
     pool = read_json(out / "data/pool/pool.json")["training"]
     counts = [sum(e["label"] == c for e in pool) for c in range(6)]

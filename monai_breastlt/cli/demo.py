@@ -116,7 +116,8 @@ def _check_models(manifest: dict, models: Path, data_seed: int) -> None:
                          "whose images would then be in the test split; pass another one.")
 
 
-def _phase_two(args, cfg, cls: Path, syn: Path, out: Path, common: dict, judge: Path | None, clock: _Clock) -> dict[str, dict]:
+def _phase_two(args: argparse.Namespace, cfg: dict, cls: Path, syn: Path, out: Path, common: dict, judge: Path | None,
+               clock: _Clock) -> dict[str, dict]:
     """Both arms through the classification bundle (train, then the test split), the pool's audit after plain CE."""
     data = Path(common["dataset_dir"])
     reports = {}
