@@ -11,7 +11,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("data", "handlers", "inferers", "losses", "metrics", "networks", "rl", "synthesis", "transforms")
+_SUBMODULES = ("data", "handlers", "inferers", "losses", "metrics", "networks", "pretrained", "rl", "synthesis", "transforms")
 _EXPORTS = {
     "data": ("AdaptiveRatioSampler", "generate_phantom", "load_datalist", "prepare_split", "scan_class_folder"),
     "handlers": ("AdaptiveSamplerHandler", "LongTailReportHandler"),

@@ -10,7 +10,7 @@ import numpy as np
 
 from monai_breastlt.utils import atomic_open
 
-__all__ = ["plot_arm_bars", "plot_confusion_matrix", "plot_ratio_trajectory", "save_near_copies", "save_sample_grid"]
+__all__ = ["plot_arm_bars", "plot_confusion_matrix", "plot_demo_summary", "plot_ratio_trajectory", "save_near_copies", "save_sample_grid"]
 
 
 def _figure_to(path: str | os.PathLike, fig) -> None:
@@ -98,6 +98,72 @@ def save_near_copies(rows: dict[str, Sequence[np.ndarray]], path: str | os.PathL
     """The audit's near-copies figure: one row per flagged synthetic image (labelled with its id and relative
     distance) beside its nearest real image and, where found, its nearest real lesion."""
     save_sample_grid(rows, path, per_class=3, title="Near-copies (relative distance): synthetic | nearest real image | nearest real lesion")
+
+
+def plot_demo_summary(
+    samples: dict[str, tuple[np.ndarray | None, Sequence[np.ndarray]]],
+    recalls: dict[str, Sequence[float]],
+    ratio_history: Sequence[dict],
+    path: str | os.PathLike,
+    title: str = "",
+) -> None:
+    """One figure for a two-phase run: per class a real image beside synthetic ones; the per-class test recall of each
+    arm; the synthetic share the ratio policy chose per class over the epochs.
+
+    Args:
+        samples: class name -> (one real image or ``None``, synthetic images), grey images in [0, 1], in label order.
+        recalls: arm name -> per-class test recall in [0, 1] (NaN: no test image of that class).
+        ratio_history: rows ``{"epoch", "ratios"}`` of the ratio-policy arm.
+        path: PNG to write.
+        title: figure title.
+    """
+    plt = _plt()
+    names = list(samples)
+    n_syn = max([len(s) for _, s in samples.values()] + [1])
+    fig = plt.figure(figsize=(1.1 * (n_syn + 1) + 8.5, max(6.0, 1.1 * len(names) + 1)))
+    grid = fig.add_gridspec(len(names), n_syn + 3, width_ratios=[1] * (n_syn + 1) + [0.6, 6.5], hspace=0.08, wspace=0.05)
+    for r, name in enumerate(names):
+        real, synthetic = samples[name]
+        images = [real, *list(synthetic)[:n_syn]]
+        for c in range(n_syn + 1):
+            ax = fig.add_subplot(grid[r, c])
+            ax.axis("off")
+            if c < len(images) and images[c] is not None:
+                ax.imshow(np.asarray(images[c]).squeeze(), cmap="gray", vmin=0, vmax=1)
+            if r == 0 and c < 2:
+                ax.set_title("real" if c == 0 else "synthetic", fontsize=9, loc="left")
+            if c == 0:
+                ax.text(-0.08, 0.5, name.replace("_", " "), transform=ax.transAxes, ha="right", va="center", fontsize=8)
+    right = grid[:, -1].subgridspec(2, 1, hspace=0.45)
+    ax = fig.add_subplot(right[0])
+    x = np.arange(len(names))
+    width = 0.8 / max(len(recalls), 1)
+    for k, (arm, rec) in enumerate(recalls.items()):
+        ax.bar(x + (k - (len(recalls) - 1) / 2) * width, np.nan_to_num(100 * np.asarray(rec, dtype=float)), width, label=arm)
+    ax.set_xticks(x, [n.replace("_", " ") for n in names], rotation=25, ha="right", fontsize=8)
+    ax.set_ylabel("test recall (%)")
+    ax.set_ylim(0, 105)
+    ax.set_title("Per-class recall on the test split")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    ax = fig.add_subplot(right[1])
+    if ratio_history:
+        epochs = [h["epoch"] for h in ratio_history]
+        ratios = np.asarray([h["ratios"] for h in ratio_history], dtype=float)
+        for c, name in enumerate(names):
+            ax.plot(epochs, 100 * ratios[:, c], marker="o", markersize=3, label=name.replace("_", " "))
+    ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("synthetic share (%)")
+    ax.set_ylim(-2, 102)
+    ax.set_title("Synthetic share chosen per subtype")
+    if ratio_history:
+        ax.legend(fontsize=7, loc="upper left")
+    ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    _figure_to(path, fig)
+    plt.close(fig)
 
 
 def plot_arm_bars(rows: Sequence[dict], path: str | os.PathLike, metrics: Sequence[tuple[str, str]] = (

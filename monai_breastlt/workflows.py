@@ -4,12 +4,14 @@ benchmarks."""
 from __future__ import annotations
 
 import ast
+import contextlib
 import difflib
 import inspect
+import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ __all__ = [
     "check_settings",
     "default_bundles_dir",
     "find_bundles",
+    "pretrained_overrides",
     "read_ldm_checkpoint",
     "report_bad_input",
     "run_bundle",
@@ -215,6 +218,18 @@ def read_ldm_checkpoint(path: str | os.PathLike) -> tuple[dict, list[int] | None
     return {"_target_": "monai_breastlt.networks.SketchConditionedLDM", **config}, SketchConditionedLDM.image_size_from_state_dict(state)
 
 
+def pretrained_overrides(models: str | os.PathLike) -> dict:
+    """Synthesis-bundle overrides that run ``inference.yaml`` or ``audit.yaml`` on a pretrained-models folder
+    (:mod:`monai_breastlt.pretrained`): its checkpoints, their architectures and image size. The sampling settings
+    the models were benchmarked with are the manifest's ``sampling`` entry (``inference.yaml`` keys).
+    """
+    from monai_breastlt.pretrained import read_pretrained
+
+    manifest = read_pretrained(models)
+    return {"ckpt_dir": str(Path(models)), "ldm_def": read_ldm_checkpoint(Path(models) / "ldm.pt")[0],
+            "perception_def#features": manifest["perception_features"], "image_size": manifest["image_size"]}
+
+
 def check_overrides(config_files: list[str], overrides: Mapping, extra_keys: Sequence[str] = ()) -> None:
     """Refuse overrides that name no key of the configs: a typo (``max_epoch``) would otherwise add a new key
     silently and leave the intended setting at its default.
@@ -237,11 +252,19 @@ def check_overrides(config_files: list[str], overrides: Mapping, extra_keys: Seq
         raise ValueError(f"unknown config key(s) for {names}: {', '.join(hints)}.")
 
 
-def run_bundle(bundle: Path, configs: list[str], workflow_type: str = "train", **overrides) -> None:
+def run_bundle(bundle: Path, configs: list[str], workflow_type: str = "train", verbose: bool = True, **overrides) -> None:
     """Run one bundle config through ``monai.bundle.ConfigWorkflow`` (what ``python -m monai.bundle run`` does).
 
     Overrides are checked against the configs first (:func:`check_overrides`); with ``tracking`` settings, their
     ``configs`` keys (``tracking_uri``, ``experiment_name``, ``run_name``...) are accepted too.
+
+    Args:
+        bundle: the bundle folder.
+        configs: config files of ``bundle/configs``, merged in this order.
+        workflow_type: ``"train"`` or ``"infer"``.
+        verbose: the bundle's own logging (``configs/logging.conf``: every iteration's loss); ``False``: warnings
+            only, and a training run shows a progress bar instead.
+        overrides: config overrides.
     """
     from monai.bundle import ConfigWorkflow
 
@@ -253,16 +276,45 @@ def run_bundle(bundle: Path, configs: list[str], workflow_type: str = "train", *
 
         extra += list(DEFAULT_MLFLOW_SETTINGS["configs"])
     check_overrides(files, overrides, extra)
-    wf = ConfigWorkflow(
-        config_file=files,
-        meta_file=str(bundle / "configs" / "metadata.json"),
-        logging_file=str(bundle / "configs" / "logging.conf"),
-        workflow_type=workflow_type,
-        **overrides,
-    )
-    wf.initialize()
-    wf.run()
-    wf.finalize()
+    with _quiet(not verbose):
+        wf = ConfigWorkflow(
+            config_file=files,
+            meta_file=str(bundle / "configs" / "metadata.json"),
+            logging_file=str(bundle / "configs" / "logging.conf"),
+            workflow_type=workflow_type,
+            **overrides,
+        )
+        wf.initialize()
+        if not verbose and workflow_type == "train":
+            _progress_bar(wf.trainer, f"{bundle.name} {Path(configs[-1]).stem}")
+        wf.run()
+        wf.finalize()
+
+
+@contextlib.contextmanager
+def _quiet(enabled: bool) -> Iterator[None]:
+    """While enabled, log records below WARNING are dropped, whichever logger makes them (``logging.disable``: MONAI's
+    handlers set their own loggers to INFO when they are created, so logger levels set beforehand do not hold)."""
+    if not enabled:
+        yield
+        return
+    before = logging.root.manager.disable
+    logging.disable(logging.INFO)
+    try:
+        yield
+    finally:
+        logging.disable(before)
+
+
+def _progress_bar(trainer, desc: str) -> None:
+    """An ignite ``ProgressBar`` over each epoch's iterations, with the loss, cleared at the end of the epoch."""
+    from ignite.handlers import ProgressBar
+
+    def loss(output):
+        out = output[0] if isinstance(output, list) else output
+        return {"loss": float(out["loss"])} if isinstance(out, dict) and "loss" in out else {}
+
+    ProgressBar(desc=desc).attach(trainer, output_transform=loss)
 
 
 def train_synthesis(
@@ -272,6 +324,7 @@ def train_synthesis(
     generate: Mapping | None = None,
     log: Callable[[str], None] = print,
     stage_overrides: Mapping[str, Mapping] | None = None,
+    verbose: bool = True,
 ) -> dict[str, float]:
     """Phase 1 through the synthesis bundle: autoencoder, perception net, UNet, ControlNet, then the pool.
 
@@ -286,6 +339,7 @@ def train_synthesis(
         generate: overrides of ``inference.yaml`` (e.g. ``num_inference_steps``, ``target_mode``); ``None``: no pool.
         log: progress printer.
         stage_overrides: per-stage overrides (e.g. ``{"unet": {"learning_rate": 5e-4}}``) over the defaults below.
+        verbose: the bundles' per-iteration logs; ``False``: progress bars (see :func:`run_bundle`).
 
     Returns:
         seconds per stage.
@@ -302,12 +356,12 @@ def train_synthesis(
         stages.append(("generate", ["common.yaml", "inference.yaml"], "infer", dict(generate)))
     for name, configs, kind, extra in stages:
         if name in done:
-            log(f"synthesis: {name} already done ({done[name]:.0f} s), skipped")
+            log(f"synthesis ({name}): already done in {done[name]:.0f} s, skipped")
             continue
         extra = {**extra, **((stage_overrides or {}).get(name, {})), **({"max_epochs": epochs[name], "resume": True} if name in epochs else {})}
         log(f"synthesis bundle: {configs[-1]} ({name}) {extra}")
         start = time.time()
-        run_bundle(bundle, configs, workflow_type=kind, **common, **extra)
+        run_bundle(bundle, configs, workflow_type=kind, verbose=verbose, **common, **extra)
         done[name] = time.time() - start
         atomic_write_json(done, record)
     return done

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from pathlib import Path
 
@@ -25,13 +27,26 @@ def tiny_phantom(tmp_path_factory) -> Path:
 def shared_data(name: str) -> Path:
     path = SHARED_DATA / name
     if not path.is_dir():
-        pytest.skip(f"real data not available: {path} is absent (see ../shared/data/README.md)")
+        pytest.skip(f"real data not available: {path} is absent")
     return path
 
 
+# The tests' one tiny synthesis configuration: SketchConditionedLDM and SketchPerceptionNet arguments, and the same
+# networks as synthesis-bundle overrides (TINY_BUNDLE_NETS, for bundle runs)
 TINY_LDM = dict(
     ae_channels=(8, 16), unet_channels=(16, 32), unet_attention=(False, True), num_head_channels=16, norm_num_groups=8, latent_channels=2
 )
+TINY_PERCEPTION = dict(features=(4, 4, 8, 8, 16, 4))
+TINY_BUNDLE_NETS = {
+    **{f"ldm_def#{k}": list(v) if isinstance(v, tuple) else v for k, v in TINY_LDM.items()},
+    **{f"perception_def#{k}": list(v) for k, v in TINY_PERCEPTION.items()},
+}
+
+
+def tiny_perception():
+    from monai_breastlt.networks import SketchPerceptionNet
+
+    return SketchPerceptionNet(**TINY_PERCEPTION)
 
 
 def tiny_ldm(num_classes: int = 6, seed: int = 0, **kwargs):
@@ -45,3 +60,18 @@ def tiny_ldm(num_classes: int = 6, seed: int = 0, **kwargs):
         if p.dim() > 1 and p.abs().sum() == 0:
             torch.nn.init.normal_(p, std=0.05)
     return model.eval()
+
+
+@contextlib.contextmanager
+def stats_handler_records():
+    """The records MONAI's ``StatsHandler`` logs meanwhile (a bundle's per-iteration and per-epoch lines). Its logger
+    keeps the stdout handler it got when first used in the process, so ``capsys`` does not always see those lines."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("monai.handlers.StatsHandler")
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)

@@ -5,11 +5,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_perception
 from monai.networks.nets import ResNet
 from PIL import Image
 
 from monai_breastlt.data import load_datalist
-from monai_breastlt.networks import SketchPerceptionNet
 from monai_breastlt.synthesis import PoolAuditor, filter_pool
 
 
@@ -27,7 +27,7 @@ def test_audit_responds_to_a_corrupted_pool(tiny_phantom, tmp_path):
         p = tmp_path / f"noise{k}.png"
         Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(p)
         noise.append({"image": str(p), "label": r["label"], "id": f"noise{k}", "sketch": str(p)})
-    auditor = PoolAuditor(_classifier(), classes, SketchPerceptionNet(features=(4, 4, 8, 8, 16, 4)), image_size=32)
+    auditor = PoolAuditor(_classifier(), classes, tiny_perception(), image_size=32)
     rep_copy = auditor.audit(copies, real)
     rep_noise = auditor.audit(noise, real, out_dir=tmp_path / "audit")
     assert rep_copy["overall"]["near_copies"] == 8 and rep_noise["overall"]["near_copies"] == 0
@@ -60,7 +60,7 @@ class _Identity(torch.nn.Module):
 def test_audit_sketch_adherence_beats_its_chance_level(tiny_phantom, tmp_path):
     real, classes = load_datalist(tiny_phantom, "training")
     torch.manual_seed(0)
-    perception = SketchPerceptionNet(features=(4, 4, 8, 8, 16, 4))
+    perception = tiny_perception()
     auditor = PoolAuditor(_classifier(), classes, perception, image_size=32)
     pool = []
     for k, r in enumerate(real[:10]):  # each image conditioned on exactly the sketch the perception net sees in it
@@ -152,7 +152,7 @@ def test_audit_without_real_masks_compares_whole_images_only(tiny_phantom):
     real, classes = load_datalist(tiny_phantom, "training")
     unmasked = [{k: v for k, v in r.items() if k != "mask"} for r in real]
     pool = [{**r, "id": f"c{k}"} for k, r in enumerate(unmasked[:4])]
-    rep = PoolAuditor(_classifier(), classes, SketchPerceptionNet(features=(4, 4, 8, 8, 16, 4)), image_size=32).audit(pool, unmasked)
+    rep = PoolAuditor(_classifier(), classes, tiny_perception(), image_size=32).audit(pool, unmasked)
     o = rep["overall"]
     assert o["near_copies"] == 4 and o["lesions_found"] == 0 and o["lesion_near_copies"] == 0
     assert "real_lesions_flagged" not in o["memorization"] and all(i["nearest_real_lesion"] is None for i in rep["images"])

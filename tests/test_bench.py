@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from conftest import TINY_LDM
+
 from monai_breastlt.bench.speed import bench_sampler
 from monai_breastlt.cli.main import main
 
@@ -17,7 +19,6 @@ def test_training_and_sampling_speed_rows():
     rows = bench_training(n_items=64, epochs=1, image_size=16, batch_size=16)
     assert [r["pipeline"] for r in rows] == ["MONAI + RandomSampler", "adaptive sampler + RL handler"]
     assert rows[0]["ratio"] == 1.0 and rows[1]["ratio"] > 0 and all(r["peak_rss_mb"] > 0 for r in rows)
-    tiny = dict(ae_channels=(8, 16), unet_channels=(16, 32), unet_attention=(False, True), num_head_channels=16, norm_num_groups=8, latent_channels=2)
-    rows = bench_sampling([("ddim", 2)], batch=1, image_size=16, ldm_kwargs=tiny)
+    rows = bench_sampling([("ddim", 2)], batch=1, image_size=16, ldm_kwargs=TINY_LDM)
     assert [r["impl"] for r in rows] == ["bare MONAI loop", "ClassSketchLatentDiffusionInferer"]
     assert rows[1]["images_per_s"] > 0 and rows[1]["ratio"] > 0

@@ -11,7 +11,9 @@ from pathlib import Path
 import torch
 from mlflow import MlflowClient
 
-from monai_breastlt.workflows import TINY_NETS, default_bundles_dir, run_bundle
+from conftest import TINY_BUNDLE_NETS, stats_handler_records
+
+from monai_breastlt.workflows import default_bundles_dir, run_bundle
 from monai_breastlt.cli.main import main
 
 BUNDLES = default_bundles_dir()
@@ -75,7 +77,7 @@ def test_classification_bundle_cli_with_mlflow(tiny_phantom, tmp_path):
 
 
 def test_synthesis_stage_cli(tiny_phantom, tmp_path):
-    overrides = [x for k, v in TINY_NETS.items() for x in (f"--{k}", json.dumps(v).replace(" ", "").lower())]
+    overrides = [x for k, v in TINY_BUNDLE_NETS.items() for x in (f"--{k}", json.dumps(v).replace(" ", "").lower())]
     _bundle_cli(
         "run", "--bundle_root", str(SYN), "--config_file", str([str(SYN / "configs/common.yaml"), str(SYN / "configs/train_autoencoder.yaml")]),
         "--meta_file", str(SYN / "configs/metadata.json"), "--dataset_dir", str(tiny_phantom.parent),
@@ -104,9 +106,13 @@ def test_synthesis_bundle_samples_rare_classes_more_often(tiny_phantom):
 
 
 def test_demo_fast_end_to_end(tmp_path, capsys):
-    assert main(["demo", "--fast", "--out", str(tmp_path / "demo")]) == 0
+    """Phase 1 trained (tiny), both arms, the audit and the summary; --verbose brings the bundles' per-iteration log."""
+    with stats_handler_records() as records:
+        assert main(["demo", "--fast", "--verbose", "--out", str(tmp_path / "demo")]) == 0
     text = capsys.readouterr().out
     assert "| rl_sampler |" in text and "| plain_ce |" in text and "mlflow ui --backend-store-uri sqlite:///" in text
+    assert any("Epoch: 1/3, Iter: 1/" in r.getMessage() for r in records) and "judged by the plain-CE classifier" in text
+    assert "phase 1 trained in this run" in (tmp_path / "demo/summary.md").read_text() and (tmp_path / "demo/summary.png").is_file()
     pool = json.loads((tmp_path / "demo/data/pool/pool.json").read_text())["training"]
     assert pool and all(p["source"] == "synthetic" for p in pool)
     assert (tmp_path / "demo/data/pool/sample_grid.png").is_file()
@@ -132,7 +138,7 @@ def test_demo_without_bundles_is_a_clear_error(tmp_path, capsys):
 
 def test_synthesis_stages_resume(tiny_phantom, tmp_path, capsys):
     """Each training stage writes resume checkpoints; --resume True continues the stage instead of restarting."""
-    common = {"dataset_dir": str(tiny_phantom.parent), "output_dir": str(tmp_path / "syn"), "image_size": 32, "batch_size": 8, **TINY_NETS}
+    common = {"dataset_dir": str(tiny_phantom.parent), "output_dir": str(tmp_path / "syn"), "image_size": 32, "batch_size": 8, **TINY_BUNDLE_NETS}
     run_bundle(SYN, ["common.yaml", "train_autoencoder.yaml"], max_epochs=1, **common)
     for config, extra, prefix in (("train_perception.yaml", {}, "perception"), ("train_diffusion.yaml", {}, "unet"),
                                   ("train_diffusion.yaml", {"use_controlnet": True}, "controlnet")):

@@ -6,12 +6,11 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from conftest import tiny_ldm
+from conftest import tiny_ldm, tiny_perception
 from PIL import Image
 
 import monai_breastlt.synthesis.generate as gen_mod
 from monai_breastlt.data import load_datalist, load_mixed_datalist
-from monai_breastlt.networks import SketchPerceptionNet
 from monai_breastlt.synthesis import SyntheticPoolGenerator, plan_targets
 
 TARGETS = [1, 2, 0, 3, 1, 2]
@@ -19,7 +18,7 @@ TARGETS = [1, 2, 0, 3, 1, 2]
 
 def _generator(tiny_phantom, out, **kw):
     _, classes = load_datalist(tiny_phantom)
-    return SyntheticPoolGenerator(tiny_ldm(6), SketchPerceptionNet(features=(4, 4, 8, 8, 16, 4)), classes, out, image_size=32,
+    return SyntheticPoolGenerator(tiny_ldm(6), tiny_perception(), classes, out, image_size=32,
                                   num_inference_steps=2, batch_size=3, **kw)
 
 

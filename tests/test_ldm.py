@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY_LDM, tiny_ldm
+from conftest import TINY_LDM, tiny_ldm, tiny_perception
 
-from monai_breastlt.networks import SketchConditionedLDM, SketchPerceptionNet, matched_conditioning_channels
+from monai_breastlt.networks import SketchConditionedLDM, matched_conditioning_channels
 from monai_breastlt.networks.ldm import DEFAULT_NOISE_SCHEDULE
 from monai_breastlt.utils import atomic_torch_save, torch_load_safe
 
@@ -44,7 +44,7 @@ def test_checkpoint_is_self_describing_and_weights_only(tmp_path):
 
 
 def test_perception_net():
-    net = SketchPerceptionNet(features=(4, 4, 8, 8, 16, 4))
+    net = tiny_perception()
     x = torch.rand(2, 1, 32, 32)
     assert net(x).shape == (2, 2, 32, 32)
     s = net.predict_sketch(x)

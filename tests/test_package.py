@@ -37,3 +37,20 @@ def test_bundles_ship_inside_the_package():
 
     syn, cls = find_bundles()
     assert syn.parent == cls.parent == (__import__("pathlib").Path(monai_breastlt.__file__).parent / "bundles")
+
+
+def test_pretrained_models_are_package_data():
+    """setup.cfg's package data covers every file a pretrained-models folder holds, so a wheel ships the demo's models."""
+    import configparser
+    from fnmatch import fnmatch
+    from pathlib import Path
+
+    from monai_breastlt.pretrained import MANIFEST_NAME, MODEL_FILES, phantom_models_dir
+
+    cfg = configparser.ConfigParser()
+    cfg.read(Path(monai_breastlt.__file__).parents[1] / "setup.cfg")
+    patterns = cfg["options.package_data"]["monai_breastlt"].split()
+    root = Path(monai_breastlt.__file__).parent
+    for name in (*MODEL_FILES, MANIFEST_NAME):
+        rel = (phantom_models_dir() / name).relative_to(root).as_posix()
+        assert any(fnmatch(rel, p) for p in patterns), rel

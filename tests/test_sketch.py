@@ -3,7 +3,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from parameterized import parameterized
 
 from monai_breastlt.transforms import ExtractSketch, ExtractSketchd, RandSketchPerturb, RandSketchPerturbd, mask_contour
 
@@ -18,8 +17,8 @@ def _image(size=64):
     return img[None], mask[None]
 
 
-@parameterized.expand([("numpy", np.asarray), ("torch", torch.as_tensor)])
-def test_extract_sketch_types_and_range(_, conv):
+@pytest.mark.parametrize("conv", [np.asarray, torch.as_tensor], ids=["numpy", "torch"])
+def test_extract_sketch_types_and_range(conv):
     img, mask = _image()
     out = ExtractSketch()(conv(img), conv(mask))
     assert isinstance(out, type(conv(img))) and out.shape == (1, 64, 64)

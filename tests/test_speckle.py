@@ -3,12 +3,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from parameterized import parameterized
 
 from monai_breastlt.transforms import RandSpeckleNoise, RandSpeckleNoised
 
 
-@parameterized.expand([("rayleigh",), ("gamma",)])
+@pytest.mark.parametrize("distribution", ["rayleigh", "gamma"])
 def test_speckle_is_unit_mean_multiplicative(distribution):
     img = torch.full((1, 128, 128), 0.5)
     out = RandSpeckleNoise(prob=1.0, distribution=distribution, strength=1.0, sample_strength=False, clip=None).set_random_state(0)(img)

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 from ignite.engine import Events
-from conftest import tiny_ldm
+from conftest import tiny_ldm, tiny_perception
 from monai.data import DataLoader, Dataset
 from monai.engines import SupervisedTrainer
 from monai.handlers import from_engine
@@ -64,7 +64,7 @@ def test_scale_factor_and_both_diffusion_stages(tiny_phantom):
 
 
 def test_perception_trains_with_plain_supervised_trainer(tiny_phantom):
-    net = SketchPerceptionNet(features=(4, 4, 8, 8, 16, 4))
+    net = tiny_perception()
     loader = _loader(tiny_phantom, SketchTargetd())
     trainer = SupervisedTrainer("cpu", 3, loader, net, torch.optim.Adam(net.parameters(), 3e-3), SketchPerceptionLoss(), prepare_batch=PrepareBatchKeys("image", "sketch_target"))
     losses = []

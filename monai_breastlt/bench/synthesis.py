@@ -24,7 +24,7 @@ __all__ = ["SYNTHESIS_PROFILES", "benchmark_synthesis", "format_synthesis_report
 # of diffusion steps matters more than the width of the network
 COMPACT_NETS = {"ldm_def#ae_channels": [32, 64, 64], "ldm_def#latent_channels": 4, "ldm_def#unet_channels": [32, 64, 64]}
 
-# "cpu": under an hour on 2 cores; "gpu": a longer schedule for a lent GPU; "tiny": tests.
+# "cpu": under an hour on 2 cores; "gpu": a longer schedule for a GPU; "tiny": tests.
 # judge_count: on the phantom, the audit's judge trains on an independent, class-balanced phantom set of this many
 # images per class (its labels are ground truth), so fidelity measures the generator rather than how few real tail
 # images a judge would otherwise learn from; with --data the judge trains on the real training split.
@@ -35,10 +35,10 @@ COMPACT_NETS = {"ldm_def#ae_channels": [32, 64, 64], "ldm_def#latent_channels": 
 # accuracy on autoencoded real images to show what is left attainable).
 # perception: the ControlNet learns from ExtractSketch sketches of real images (mask contour included) and generates
 # from the perception net's sketches of unannotated ones, so the perception net is what makes the two alike; 30
-# epochs instead of 4 raised macro fidelity by 5.7 and 3.5 points on two seeds (docs/benchmarks.md, session 10).
+# epochs instead of 4 raised macro fidelity by 5.7 and 3.5 points on two seeds (CHANGELOG.md).
 # sampler: ancestral DDPM (respaced to `steps`) against DDIM on the same models, 25 steps: macro fidelity +1.7 and
 # +10.0 points on two seeds, sketch Dice +0.03 and +0.04, FID 3.1 and 1.8 higher; on BUS-BRA it also copies patient
-# scans 2.5 times as often, which the audit flags (docs/benchmarks.md, session 11).
+# scans 2.5 times as often, which the audit flags (CHANGELOG.md).
 SYNTHESIS_PROFILES = {
     "tiny": dict(head_count=16, imbalance_ratio=4, image_size=32, batch_size=8, autoencoder=1, perception=1, unet=1,
                  controlnet=1, steps=2, sampler="ddpm", guidance_scale=2.0, classifier_epochs=1, epoch_size=None, judge_count=6, judges=2,

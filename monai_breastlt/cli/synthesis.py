@@ -1,7 +1,9 @@
-"""``generate`` and ``audit``: a synthetic pool from trained phase-1 models, and its audit, through the synthesis bundle.
+"""``generate`` and ``audit``: a synthetic pool from trained phase-1 models, and its audit, through the synthesis bundle;
+``export-models``: the package's pretrained phantom models from a phase-1 benchmark run.
 
-Both run the bundle's ``inference.yaml`` / ``audit.yaml`` (what ``python -m monai.bundle run`` runs), so the command
-and the bundle give the same pool and the same report. A setting left out keeps the bundle config's default.
+``generate`` and ``audit`` run the bundle's ``inference.yaml`` / ``audit.yaml`` (what ``python -m monai.bundle run``
+runs), so the command and the bundle give the same pool and the same report. A setting left out keeps the bundle
+config's default.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                        description="Sketches come from the perception net on the data's unannotated training images; "
                        "settings left out keep the synthesis bundle's inference.yaml defaults.")
     g.add_argument("data", help="data folder holding datalist.json (the split the models were trained on)")
-    g.add_argument("--models", required=True, help="folder holding ldm.pt and perception.pt (the synthesis bundle's models/)")
+    g.add_argument("--models", required=True, help="folder holding ldm.pt and perception.pt (the synthesis bundle's models/, "
+                   "or a pretrained-models folder such as monai_breastlt/pretrained/phantom)")
     g.add_argument("--pool", default=None, help="pool folder (default: DATA/pool); re-running resumes it")
     g.add_argument("--target-mode", default=None, choices=["fill", "up_to", "each"], help="fill: up to the largest class")
     g.add_argument("--target-n", type=int, default=None, help="N of up_to / each")
@@ -50,6 +53,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--bundles", default=None, help="folder holding the two bundles (default: next to the package)")
     a.set_defaults(func=run_audit)
 
+    e = sub.add_parser("export-models", help="make the pretrained phantom models (the demo's default) from a `bench synthesis` run",
+                       description="Copies RUN/synthesis/models/{ldm,perception}.pt and the first judge RUN/classifier/models/model.pt, "
+                       "weights only and in half precision, with a manifest (pretrained.json: architectures, sampling settings, "
+                       "the run's audit figures, SHA-256 of each file), into the package's pretrained/phantom folder; the "
+                       "folder is assembled beside it and renamed into place.")
+    e.add_argument("run", help="the --out folder of a finished `python -m monai_breastlt bench synthesis` run on the phantom")
+    e.add_argument("--dest", default=None, help="models folder to write (default: the package's monai_breastlt/pretrained/phantom)")
+    e.add_argument("--replace", action="store_true", help="replace the models already there")
+    e.set_defaults(func=run_export_models)
+
 
 def _given(args: argparse.Namespace, names: dict[str, str]) -> dict:
     """Bundle overrides for the options given (argument name -> config key), each checked against its range first."""
@@ -80,6 +93,18 @@ def _ldm(models: Path, image_size: int | None) -> dict:
     return {"ldm_def": ldm_def, "image_size": trained[0]}
 
 
+def _models_overrides(models: Path, image_size: int | None, ldm: bool = True) -> dict:
+    """Bundle overrides for a models folder: ``ckpt_dir`` and the LDM's architecture and image size (read from
+    ``ldm.pt``, see :func:`_ldm`); for a pretrained-models folder (with ``pretrained.json``) also the perception net's
+    features."""
+    from monai_breastlt.pretrained import MANIFEST_NAME
+    from monai_breastlt.workflows import pretrained_overrides
+
+    if (models / MANIFEST_NAME).is_file():
+        return pretrained_overrides(models)
+    return {"ckpt_dir": str(models), **(_ldm(models, image_size) if ldm else {})}
+
+
 def run_generate(args: argparse.Namespace) -> int:
     from monai_breastlt.workflows import find_bundles, run_bundle
 
@@ -88,13 +113,12 @@ def run_generate(args: argparse.Namespace) -> int:
     if not (Path(args.data) / "datalist.json").is_file():
         raise FileNotFoundError(f"{Path(args.data) / 'datalist.json'}: no datalist (write one with `split` or `phantom`).")
     pool = Path(args.pool) if args.pool else Path(args.data) / "pool"
-    given = _given(args, {"target_mode": "target_mode", "target_n": "target_n", "sampler": "sampler", "steps": "num_inference_steps",
-                          "guidance_scale": "guidance_scale", "guidance_interval": "guidance_interval",
-                          "conditioning_scale": "conditioning_scale", "perturb": "perturb",
-                          "cross_class_sketches": "cross_class_sketches", "image_size": "image_size",
-                          "batch_size": "batch_size", "seed": "seed"})
-    overrides = {"dataset_dir": str(args.data), "ckpt_dir": str(models), "pool_dir": str(pool), **given,
-                 **_ldm(models, args.image_size)}
+    overrides = {"dataset_dir": str(args.data), "pool_dir": str(pool), **_models_overrides(models, args.image_size),
+                 **_given(args, {"target_mode": "target_mode", "target_n": "target_n", "sampler": "sampler", "steps": "num_inference_steps",
+                                 "guidance_scale": "guidance_scale", "guidance_interval": "guidance_interval",
+                                 "conditioning_scale": "conditioning_scale", "perturb": "perturb",
+                                 "cross_class_sketches": "cross_class_sketches", "image_size": "image_size",
+                                 "batch_size": "batch_size", "seed": "seed"})}
     run_bundle(syn, ["common.yaml", "inference.yaml"], workflow_type="infer", **overrides)
     doc = read_json(pool / "pool.json")
     print(f"pool: {len(doc['training'])} images in {pool} (manifest pool.json, sample_grid.png)")
@@ -111,12 +135,11 @@ def run_audit(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"{path}: {what} not found.")
     models = Path(args.models)
     out = Path(args.out) if args.out else manifest.parent / "audit"
-    overrides = {"dataset_dir": str(real.parent), "datalist": str(real), "ckpt_dir": str(models), "classifier_ckpt": str(args.classifier),
+    overrides = {"dataset_dir": str(real.parent), "datalist": str(real), "classifier_ckpt": str(args.classifier),
                  "pool_manifest": str(manifest), "audit_dir": str(out), "filter": args.filter,
                  "filtered_manifest": str(manifest.parent / "pool_filtered.json"), "use_autoencoder": not args.no_autoencoder,
+                 **_models_overrides(models, args.image_size, ldm=not args.no_autoencoder),
                  **_given(args, {"min_class_prob": "min_class_prob", "image_size": "image_size", "batch_size": "batch_size"})}
-    if not args.no_autoencoder:
-        overrides.update(_ldm(models, args.image_size))
     run_bundle(syn, ["common.yaml", "audit.yaml"], workflow_type="infer", **overrides)
     report = read_json(out / "audit_report.json")
     o = report["overall"]
@@ -126,4 +149,18 @@ def run_audit(args: argparse.Namespace) -> int:
     print(f"report: {out / 'audit_report.json'} (per class), {out / 'audit_grid.png'}")
     if args.filter:
         print(f"filtered pool: {len(read_json(manifest.parent / 'pool_filtered.json')['training'])} images in {manifest.parent / 'pool_filtered.json'}")
+    return 0
+
+
+def run_export_models(args: argparse.Namespace) -> int:
+    from monai_breastlt.pretrained import export_pretrained, phantom_models_dir
+
+    manifest = export_pretrained(args.run, args.dest, replace=args.replace)
+    dest = Path(args.dest) if args.dest else phantom_models_dir()
+    f = manifest["figures"]
+    size = sum(v["bytes"] for v in manifest["files"].values()) / 1e6
+    print(f"models: {dest} ({', '.join(manifest['files'])}, {size:.1f} MB), made by `{manifest['made_by']['command']}`")
+    real = f["judge_macro_real_accuracy"]
+    print(f"audit of that run, with the judge shipped: macro class fidelity {100 * f['judge_macro_fidelity']:.1f} %"
+          + (f" (the judge on real images of those subtypes: {100 * real:.1f} %)" if real is not None else ""))
     return 0

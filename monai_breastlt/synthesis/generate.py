@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from tqdm import tqdm
 
 from monai_breastlt.data.datalist import load_datalist_file, validate_items, write_datalist
 from monai_breastlt.inferers import ClassSketchLatentDiffusionInferer
@@ -203,13 +204,14 @@ class SyntheticPoolGenerator:
         return sketches
 
     @torch.no_grad()
-    def run(self, targets: Sequence[int], sources: Sequence[dict], verbose: bool = True) -> Path:
+    def run(self, targets: Sequence[int], sources: Sequence[dict], verbose: bool = True, progress: bool = False) -> Path:
         """Generate until every class ``c`` has ``targets[c]`` images; returns the manifest path.
 
         Args:
             targets: images per class (see :func:`plan_targets`).
             sources: real entries (``image``, ``label``) whose sketches condition generation; masks are not used.
             verbose: log progress.
+            progress: show a progress bar (tqdm) over the images to generate.
         """
         if len(targets) != len(self.classes):
             raise ValueError(f"targets has {len(targets)} entries for {len(self.classes)} classes.")
@@ -223,6 +225,7 @@ class SyntheticPoolGenerator:
         )
         lat = self.model.autoencoder.latent_channels
         side = self.image_size // self.model.latent_downsample
+        bar = tqdm(total=len(jobs), desc="generating", unit="image", leave=False, disable=not progress or not jobs)
         for b in range(0, len(jobs), self.batch_size):
             batch = jobs[b : b + self.batch_size]
             sketches = self._sketches(batch)
@@ -244,8 +247,10 @@ class SyntheticPoolGenerator:
                      PRESCALED_KEY: True}  # written in the model's [0, 1] space: loaders must not stretch it again
                 )
             write_datalist(self.manifest, {"training": entries}, self.classes, generator=self.settings())
+            bar.update(len(batch))
             if verbose:
                 logger.info("generated %d/%d images", b + len(batch), len(jobs))
+        bar.close()
         if not self.manifest.is_file():  # nothing to do and nothing written yet: an empty pool is still a pool
             write_datalist(self.manifest, {"training": entries}, self.classes, generator=self.settings())
         validate_items(entries, self.classes, str(self.manifest), check_files=True)
