@@ -14,7 +14,10 @@ from typing import IO, Any
 import numpy as np
 import torch
 
-__all__ = ["atomic_open", "atomic_write_json", "atomic_torch_save", "clip_ratios", "latest_checkpoint", "read_json", "root_cause", "torch_load_safe"]
+__all__ = [
+    "atomic_open", "atomic_write_json", "atomic_torch_save", "clip_ratios", "latest_checkpoint", "rank_and_world_size", "read_json", "root_cause",
+    "torch_load_safe",
+]
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -92,6 +95,13 @@ def torch_load_safe(path: str | os.PathLike, map_location: str | torch.device | 
             f"{path}: cannot be loaded as a weights-only checkpoint ({type(e).__name__}: {e}). "
             "It may be truncated, or contain pickled objects that are not allowed for safety."
         ) from e
+
+
+def rank_and_world_size() -> tuple[int, int]:
+    """This process's rank and the number of processes of its ``torch.distributed`` group; ``(0, 1)`` outside one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
 
 
 def root_cause(exc: BaseException) -> BaseException:

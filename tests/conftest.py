@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -45,3 +47,13 @@ def tiny_ldm(num_classes: int = 6, seed: int = 0, **kwargs):
         if p.dim() > 1 and p.abs().sum() == 0:
             torch.nn.init.normal_(p, std=0.05)
     return model.eval()
+
+
+def monai_bundle_cli(*args: str, cwd: str | os.PathLike, launcher: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """Run ``python -m monai.bundle ARGS`` (or ``LAUNCHER -m monai.bundle ARGS``, e.g. torchrun) in a subprocess; fail with
+    its output unless it exits with 0."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [*(launcher or (sys.executable,)), "-m", "monai.bundle", *map(str, args)]
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc

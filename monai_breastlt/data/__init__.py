@@ -4,6 +4,7 @@ from .datalist import (
     IMAGE_EXTENSIONS,
     SECTIONS,
     deduplicate_by_hash,
+    inference_items,
     is_image_file,
     load_datalist,
     load_datalist_file,
