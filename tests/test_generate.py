@@ -135,3 +135,17 @@ def test_resume_with_other_settings_is_refused(tiny_phantom, tmp_path):
     doc["generator"] = {k: v for k, v in doc["generator"].items() if k not in ("perturb", "cross_class_sketches")}  # an older manifest
     manifest.write_text(json.dumps(doc))
     assert len(load_datalist(_generator(tiny_phantom, tmp_path / "p", sampler="ddim", perturb=0.0).run([3, 0, 0, 0, 0, 0], sources))[0]) == 3
+
+
+def test_the_rank_manifests_of_a_killed_multi_process_run_are_resumed(tiny_phantom, tmp_path, monkeypatch):
+    sources, _ = load_datalist(tiny_phantom, "training")
+    manifest = _generator(tiny_phantom, tmp_path / "p").run(TARGETS, sources)
+    before = json.loads(manifest.read_text())
+    # as torchrun leaves it when killed before rank 0 merged: each rank's entries in its own manifest
+    entries = before["training"]
+    for rank in (0, 1):
+        (tmp_path / "p" / f"pool.rank{rank}.json").write_text(json.dumps({**before, "training": entries[rank::2]}))
+    manifest.unlink()
+    monkeypatch.setattr(gen_mod, "save_png", lambda *a: pytest.fail("an image was generated again"))
+    _generator(tiny_phantom, tmp_path / "p").run(TARGETS, sources)
+    assert json.loads(manifest.read_text()) == before and not list((tmp_path / "p").glob("pool.rank*.json"))
