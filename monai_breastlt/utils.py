@@ -30,6 +30,7 @@ __all__ = [
     "check_writable_dir",
     "clip_ratios",
     "latest_checkpoint",
+    "rank_and_world_size",
     "load_weights",
     "read_json",
     "root_cause",
@@ -169,6 +170,13 @@ def load_weights(module: torch.nn.Module, path: str | os.PathLike, enabled: bool
         ) or str(e).strip().splitlines()[0]
         raise ValueError(f"{path}: weights of another network, not of this {type(module).__name__} ({what}).") from e
     return getattr(module, part) if part else module
+
+
+def rank_and_world_size() -> tuple[int, int]:
+    """This process's rank and the number of processes of its ``torch.distributed`` group; ``(0, 1)`` outside one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
 
 
 def root_cause(exc: BaseException) -> BaseException:

@@ -15,22 +15,36 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+import torch.distributed as dist
+
 import monai_breastlt
 from monai_breastlt.utils import SETTING_RANGES, atomic_write_json, bad_input_message, check_range, read_json
 
 __all__ = [
+    "CLASSES_FILE",
+    "bundle_class_names",
     "check_bundle_run",
     "check_overrides",
     "check_settings",
     "default_bundles_dir",
+    "distributed_device",
+    "distributed_module",
+    "finalize_distributed",
     "find_bundles",
+    "init_distributed",
+    "is_main_process",
     "pretrained_overrides",
     "read_ldm_checkpoint",
     "report_bad_input",
     "run_bundle",
     "train_synthesis",
+    "write_class_names",
     "TINY_NETS",
 ]
+
+# the class names of a trained model, next to its weights: export, verification and inference need no dataset
+CLASSES_FILE = "classes.json"
 
 # tiny synthesis networks for tests and smoke runs (bundle overrides)
 TINY_NETS = {
@@ -194,6 +208,113 @@ def check_bundle_run(
         raise FileNotFoundError(f"{datalist}: datalist not found ({why}); pass --dataset_dir, a folder holding datalist.json "
                                 "(write one with `python -m monai_breastlt split SOURCE --out DIR/datalist.json`).")
     check_datalist(datalist, pool, required_sections)
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a ``torch.distributed`` run, or the only process: the one that writes files and tracking records.
+    Before the process group is joined, ``torchrun``'s ``RANK`` tells."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get("RANK", 0)) == 0
+
+
+def bundle_class_names(datalist: str | os.PathLike, ckpt_dir: str | os.PathLike) -> list[str]:
+    """The class names of a bundle run: the datalist's when there is one (training, evaluation), else those a training
+    run wrote next to its model (``<ckpt_dir>/classes.json``), so that ``ckpt_export``, ``verify_net_in_out`` and
+    inference on a folder of unlabelled images need no dataset.
+
+    Raises:
+        ValueError: both exist and differ (the model in ``ckpt_dir`` was trained on other classes), or the class file
+            is not a list of names.
+        FileNotFoundError: neither exists.
+    """
+    from monai_breastlt.data import load_datalist_file
+
+    recorded = Path(ckpt_dir) / CLASSES_FILE
+    saved = read_json(recorded) if recorded.is_file() else None
+    if saved is not None and (not isinstance(saved, list) or not saved or not all(isinstance(c, str) for c in saved)):
+        raise ValueError(f"{recorded}: expected a JSON list of class names, got {saved!r}.")
+    if Path(datalist).is_file():
+        classes = list(load_datalist_file(datalist)["classes"])
+        if saved is not None and saved != classes:
+            raise ValueError(f"{recorded}: the models in {ckpt_dir} were trained on classes {saved}, but {datalist} has {classes}: "
+                             "give another output_dir (or ckpt_dir).")
+        return classes
+    if saved is None:
+        raise FileNotFoundError(f"no class names: neither {datalist} nor {recorded} exists; pass --dataset_dir (a folder with "
+                                "datalist.json) or the --output_dir (or --ckpt_dir) of a trained run.")
+    return saved
+
+
+def write_class_names(class_names: Sequence[str], ckpt_dir: str | os.PathLike) -> None:
+    """Record the class names next to the model being trained (``<ckpt_dir>/classes.json``, atomically, on rank 0 only);
+    :func:`bundle_class_names` reads them back."""
+    if is_main_process():
+        atomic_write_json(list(class_names), Path(ckpt_dir) / CLASSES_FILE)
+
+
+def distributed_device() -> torch.device:
+    """The device of this ``torchrun`` process: ``cuda:<LOCAL_RANK>`` where CUDA is available, else the CPU."""
+    return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def init_distributed(backend: str | None, device: torch.device | str) -> str:
+    """Join the ``torchrun`` process group, before any data is read or any network trained.
+
+    Args:
+        backend: ``"nccl"``, ``"gloo"`` or ``"mpi"``; ``None``: NCCL for a CUDA device, gloo for the CPU.
+        device: this process's device (:func:`distributed_device`).
+
+    Returns:
+        the backend in use.
+
+    Raises:
+        ValueError: the machine lacks the backend (NCCL without CUDA, for example), naming the override to use.
+    """
+    device = torch.device(device)
+    backend = backend or ("nccl" if device.type == "cuda" else "gloo")
+    available = {
+        "nccl": dist.is_available() and dist.is_nccl_available() and torch.cuda.is_available(),
+        "gloo": dist.is_available() and dist.is_gloo_available(),
+        "mpi": dist.is_available() and dist.is_mpi_available(),
+    }
+    if backend not in available:
+        raise ValueError(f"dist_backend '{backend}' is not one of {sorted(available)}: pass --dist_backend gloo (CPU) or nccl (CUDA).")
+    if not available[backend] or (backend == "nccl" and device.type != "cuda"):
+        other = "gloo" if backend != "gloo" else "nccl"
+        raise ValueError(f"dist_backend '{backend}' is not available on this machine (device {device}): pass --dist_backend {other}, "
+                         "or leave dist_backend null (nccl on CUDA, gloo on CPU).")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend)
+    return backend
+
+
+def finalize_distributed() -> None:
+    """Leave the process group (if any)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def distributed_module(module: torch.nn.Module, device: torch.device | str, trainable: Sequence | None = None) -> torch.nn.Module:
+    """``module`` wrapped in ``DistributedDataParallel`` inside a process group (gradients are averaged over the
+    ranks), else ``module`` itself: one training config serves one process and ``torchrun``.
+
+    Args:
+        module: the network a trainer optimises (already on ``device``).
+        device: its device.
+        trainable: the parameters being trained, when only part of ``module`` is (DDP registers the parameters that
+            require gradients when it is built, so the others are frozen first); ``None``: every parameter.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return module
+    if trainable is not None:
+        keep = {id(p) for p in trainable}
+        for p in module.parameters():
+            p.requires_grad_(id(p) in keep)
+    device = torch.device(device)
+    return torch.nn.parallel.DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None)
 
 
 def read_ldm_checkpoint(path: str | os.PathLike) -> tuple[dict, list[int] | None]:

@@ -3,6 +3,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -75,3 +77,13 @@ def stats_handler_records():
         yield records
     finally:
         logger.removeHandler(handler)
+
+
+def monai_bundle_cli(*args: str, cwd: str | os.PathLike, launcher: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """Run ``python -m monai.bundle ARGS`` (or ``LAUNCHER -m monai.bundle ARGS``, e.g. torchrun) in a subprocess; fail with
+    its output unless it exits with 0."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [*(launcher or (sys.executable,)), "-m", "monai.bundle", *map(str, args)]
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc

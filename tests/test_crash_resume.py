@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from monai_breastlt.workflows import default_bundles_dir
@@ -90,6 +91,7 @@ def _assert_same(a: dict, b: dict) -> None:
     assert all(torch.allclose(pa[k], pb[k], atol=1e-6) for k in pa) and a["policy"]["num_updates"] == b["policy"]["num_updates"] > 0
 
 
+@pytest.mark.slow  # three real training processes, two killed: in CI's second step (`pytest -m slow`)
 def test_sigkill_mid_epoch_and_mid_save_then_resume_equals_uninterrupted(tiny_phantom, tmp_path):
     doc = load_datalist_file(tiny_phantom)
     pool = write_datalist(tmp_path / "pool.json", {"synthetic": [{"image": i["image"], "label": i["label"]} for i in doc["training"]]}, doc["classes"])

@@ -153,7 +153,7 @@ def test_settings_that_would_write_a_wrong_pool_are_refused(tiny_phantom, tmp_pa
     _, classes = load_datalist(tiny_phantom)
     kwargs = {"image_size": 32, "num_inference_steps": 2, **setting}
     with pytest.raises(ValueError, match=re.escape(message)):
-        SyntheticPoolGenerator(tiny_ldm(6), SketchPerceptionNet(features=(4, 4, 8, 8, 16, 4)), classes, tmp_path / "pool", **kwargs)
+        SyntheticPoolGenerator(tiny_ldm(6), tiny_perception(), classes, tmp_path / "pool", **kwargs)
     assert not (tmp_path / "pool").exists()
 
 
@@ -162,4 +162,18 @@ def test_another_image_size_than_the_models_is_refused(tiny_phantom, tmp_path):
     model = tiny_ldm(6)
     model.image_size = [32, 32]
     with pytest.raises(ValueError, match=re.escape("the model was trained on 32x32 images (recorded in its checkpoint), image_size is 64")):
-        SyntheticPoolGenerator(model, SketchPerceptionNet(features=(4, 4, 8, 8, 16, 4)), classes, tmp_path, image_size=64)
+        SyntheticPoolGenerator(model, tiny_perception(), classes, tmp_path, image_size=64)
+
+
+def test_the_rank_manifests_of_a_killed_multi_process_run_are_resumed(tiny_phantom, tmp_path, monkeypatch):
+    sources, _ = load_datalist(tiny_phantom, "training")
+    manifest = _generator(tiny_phantom, tmp_path / "p").run(TARGETS, sources)
+    before = json.loads(manifest.read_text())
+    # as torchrun leaves it when killed before rank 0 merged: each rank's entries in its own manifest
+    entries = before["training"]
+    for rank in (0, 1):
+        (tmp_path / "p" / f"pool.rank{rank}.json").write_text(json.dumps({**before, "training": entries[rank::2]}))
+    manifest.unlink()
+    monkeypatch.setattr(gen_mod, "save_png", lambda *a: pytest.fail("an image was generated again"))
+    _generator(tiny_phantom, tmp_path / "p").run(TARGETS, sources)
+    assert json.loads(manifest.read_text()) == before and not list((tmp_path / "p").glob("pool.rank*.json"))

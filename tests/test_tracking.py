@@ -6,6 +6,7 @@ from mlflow import MlflowClient
 
 from monai_breastlt.workflows import default_bundles_dir, run_bundle
 from monai_breastlt.handlers import mlflow_tracking_settings
+from monai_breastlt.handlers.tracking import executed_config_path
 
 CLS = default_bundles_dir() / "breastlt_classification"
 
@@ -40,4 +41,12 @@ def test_working_store_logs_as_usual(tiny_phantom, tmp_path, capsys):
     assert [r.info.run_name for r in runs] == ["ok"] and "train_loss" in runs[0].data.metrics
     assert not (out / "mlflow_fallback_metrics.jsonl").exists()
     assert "without MLflow" not in capsys.readouterr().out  # every event handler, the final one included, worked
-    assert client.list_artifacts(runs[0].info.run_id)  # the executed config, logged when the run completes
+    # the executed config MONAI's tracking patch writes, logged although output_dir is a plain path (no expression)
+    logged = [a.path for a in client.list_artifacts(runs[0].info.run_id) if a.path.startswith("config_")]
+    assert len(logged) == 1 and logged[0].endswith(".json") and (out / logged[0]).is_file()
+
+
+def test_executed_config_path_reads_both_forms_of_output_dir(tmp_path):
+    # MONAI resolves `<output_dir> + '/config_<time>.json'` to a literal string when output_dir is a plain path
+    assert executed_config_path("runs/cls + '/config_20240101_120000.json'") == "runs/cls/config_20240101_120000.json"
+    assert executed_config_path(str(tmp_path / "outputs/config_1.json")) == str(tmp_path / "outputs/config_1.json")  # an expression's result

@@ -5,6 +5,7 @@ from .datalist import (
     SECTIONS,
     check_classes,
     deduplicate_by_hash,
+    inference_items,
     is_image_file,
     load_datalist,
     load_datalist_file,

@@ -32,6 +32,7 @@ __all__ = [
     "SECTIONS",
     "is_image_file",
     "scan_class_folder",
+    "inference_items",
     "load_datalist",
     "load_datalist_file",
     "write_datalist",
@@ -244,6 +245,32 @@ def load_items_for_classes(path: str | os.PathLike, section: str, classes: Seque
         raise ValueError(f"{path}: its classes differ from the model's ({detail}); map its labels onto the model's "
                          "classes first (bench lt --test DATALIST --class-map JSON does).")
     return items
+
+
+def inference_items(folder: str | os.PathLike, section: str = "test") -> list[dict]:
+    """The images to classify: the ``section`` entries of a datalist JSON given as ``folder``, or of
+    ``<folder>/datalist.json`` when there is one, else every image file under ``folder`` (sorted, sub-folders included;
+    ``*_mask`` files and hidden folders are left out), with no label needed.
+
+    Raises:
+        FileNotFoundError: ``folder`` does not exist.
+        ValueError: it holds no image file.
+    """
+    folder = Path(folder)
+    if folder.suffix == ".json":
+        return load_datalist(folder, section)[0]
+    if (folder / "datalist.json").is_file():
+        return load_datalist(folder / "datalist.json", section)[0]
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: image folder not found (expected a folder of images, or one with datalist.json).")
+    files = sorted(
+        p for p in folder.rglob("*")
+        if p.is_file() and is_image_file(p) and not _MASK_RE.match(_split_ext(p.name)[0])
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+    if not files:
+        raise ValueError(f"{folder}: no image files (extensions {', '.join(IMAGE_EXTENSIONS)}) and no datalist.json.")
+    return [{"image": str(p)} for p in files]
 
 
 def validate_items(items: Iterable[Any], classes: Sequence[str], where: str = "datalist", check_files: bool = False) -> list[dict]:

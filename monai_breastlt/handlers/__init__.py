@@ -11,6 +11,6 @@ from .checkpoint import (
 )
 from .determinism import EpochDeterminism, MetaTrackingOff
 from .ema import ExponentialMovingAverage
-from .report import LongTailReportHandler, PredictionTable, ValidationHistory
+from .report import ClassProbabilityCSVSaver, LongTailReportHandler, PredictionTable, ValidationHistory
 from .reweighting import DeferredReweighting
 from .tracking import FaultTolerantMLFlowHandler, mlflow_tracking_settings

@@ -19,6 +19,7 @@ from monai.utils import IgniteInfo, min_version, optional_import
 
 from monai_breastlt.utils import atomic_torch_save, checkpoint_load_problem
 
+idist, _ = optional_import("ignite.distributed", IgniteInfo.OPT_IMPORT_VERSION, min_version)
 BaseSaveHandler, _ = optional_import("ignite.handlers.checkpoint", IgniteInfo.OPT_IMPORT_VERSION, min_version, "BaseSaveHandler", as_type="base")
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 if TYPE_CHECKING:
@@ -36,15 +37,18 @@ class _AtomicDiskSaver(BaseSaveHandler):
 
     ignite removes the checkpoint being replaced *before* writing the new one; here the removal is deferred until
     the new file is complete, so a kill during a save always leaves the previous checkpoint on disk. Temporary
-    files left by a killed process are removed after the next complete save.
+    files left by a killed process are removed after the next complete save. In a multi-process run only
+    ``save_on_rank`` writes and removes files, as ignite's ``DiskSaver`` does (every rank holds the same weights).
     """
 
-    def __init__(self, dirname: str | Path, filename: str | None = None) -> None:
-        self.dirname, self.filename = Path(dirname), filename
+    def __init__(self, dirname: str | Path, filename: str | None = None, save_on_rank: int = 0) -> None:
+        self.dirname, self.filename, self.save_on_rank = Path(dirname), filename, save_on_rank
         self._to_remove: list[str] = []
         self._started = time.time()
 
     def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        if idist.get_rank() != self.save_on_rank:
+            return
         name = self.filename or filename
         atomic_torch_save(checkpoint, self.dirname / name)
         for old in self._to_remove:
@@ -57,7 +61,8 @@ class _AtomicDiskSaver(BaseSaveHandler):
                     tmp.unlink()
 
     def remove(self, filename: str) -> None:
-        self._to_remove.append(self.filename or filename)
+        if idist.get_rank() == self.save_on_rank:
+            self._to_remove.append(self.filename or filename)
 
 
 class AtomicCheckpointSaver(CheckpointSaver):
@@ -71,7 +76,8 @@ class AtomicCheckpointSaver(CheckpointSaver):
         super().__init__(**kwargs)
         for ckpt in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
             if ckpt is not None:
-                ckpt.save_handler = _AtomicDiskSaver(self.save_dir, getattr(ckpt.save_handler, "filename", None))
+                handler = ckpt.save_handler
+                ckpt.save_handler = _AtomicDiskSaver(self.save_dir, getattr(handler, "filename", None), getattr(handler, "save_on_rank", 0))
 
 
 class RNGStates:

@@ -1,16 +1,19 @@
-"""``LongTailReportHandler``: report JSON, confusion matrix and ratio plots, logged to MLflow as artifacts."""
+"""``LongTailReportHandler``: report JSON, confusion matrix and ratio plots, logged to MLflow as artifacts;
+``ClassProbabilityCSVSaver``: per-image class probabilities under a header of class names."""
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from monai.data import CSVSaver
 from monai.utils import IgniteInfo, min_version, optional_import
 
-from monai_breastlt.utils import atomic_open, atomic_write_json
+from monai_breastlt.utils import atomic_open, atomic_write_json, rank_and_world_size
 from monai_breastlt.visualize import plot_confusion_matrix, plot_ratio_trajectory
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
@@ -21,7 +24,7 @@ if TYPE_CHECKING:
 else:
     Engine, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine", as_type="decorator")
 
-__all__ = ["LongTailReportHandler", "PredictionTable", "ValidationHistory"]
+__all__ = ["ClassProbabilityCSVSaver", "LongTailReportHandler", "PredictionTable", "ValidationHistory"]
 
 
 class PredictionTable:
@@ -121,7 +124,7 @@ class LongTailReportHandler:
     the active fluent MLflow run. MLflow failures are warnings.
 
     Attach it before MONAI's ``MLFlowHandler`` closes the run: list it in the engine's handlers (the tracking
-    patch appends its handler last).
+    patch appends its handler last). In a multi-process run only rank 0 writes and logs.
 
     Args:
         output_dir: folder of the files.
@@ -156,6 +159,8 @@ class LongTailReportHandler:
         engine.add_event_handler(Events.COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
+        if rank_and_world_size()[0] != 0:  # a multi-process run reports once, from rank 0
+            return
         source = self.evaluator or engine
         report = (getattr(source.state, "metric_details", None) or {}).get(self.metric_name)
         history = getattr(engine.state, "ratio_history", [])
@@ -192,3 +197,38 @@ class LongTailReportHandler:
                     (mlflow.log_artifacts if p.is_dir() else mlflow.log_artifact)(str(p))
         except Exception as e:  # a locked or full store must not fail the run
             self.logger.warning("MLflow artifact logging failed (%s); the files stay in %s.", e, self.output_dir)
+
+
+class ClassProbabilityCSVSaver(CSVSaver):
+    """
+    MONAI's ``CSVSaver`` for class probabilities, with a header row ``filename,<class 0>,<class 1>,...``; the file is
+    written whole and atomically when ``finalize`` is called (an earlier file is replaced only then). Give it as
+    ``saver`` to MONAI's ``ClassificationSaver``, which gathers the ranks' rows and finalizes on its ``save_rank``.
+
+    Args:
+        class_names: class names in label order (the header, one column per class).
+        output_dir: folder of the file.
+        filename: file name.
+        delimiter: column separator.
+    """
+
+    def __init__(self, class_names: Sequence[str], output_dir: str | os.PathLike = "./", filename: str = "predictions.csv",
+                 delimiter: str = ",") -> None:
+        super().__init__(output_dir=output_dir, filename=filename, overwrite=False, delimiter=delimiter)
+        self.class_names = list(class_names)
+
+    def finalize(self) -> None:
+        """Write the header and one row per image, then clear the cache.
+
+        Raises:
+            ValueError: a row holds another number of values than there are classes.
+        """
+        with atomic_open(self._filepath, "w", newline="") as f:
+            writer = csv.writer(f, delimiter=self.delimiter)
+            writer.writerow(["filename", *self.class_names])
+            for name, values in self._cache_dict.items():
+                values = values.flatten()
+                if len(values) != len(self.class_names):
+                    raise ValueError(f"{name}: {len(values)} values for {len(self.class_names)} classes {self.class_names}.")
+                writer.writerow([name, *(float(v) for v in values)])
+        self.reset_cache()

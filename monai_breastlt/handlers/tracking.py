@@ -6,19 +6,35 @@ import copy
 import json
 import logging
 import os
+import re
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from monai.handlers import MLFlowHandler
-from monai.utils import IgniteInfo, min_version, optional_import
+from monai.utils import IgniteInfo, ensure_tuple, min_version, optional_import
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
 else:
     Engine, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine", as_type="decorator")
 
-__all__ = ["FaultTolerantMLFlowHandler", "mlflow_tracking_settings"]
+__all__ = ["FaultTolerantMLFlowHandler", "executed_config_path", "mlflow_tracking_settings"]
+
+
+# what MONAI's tracking patch records as the executed config's path when ``output_dir`` is a plain path (not a ``$``
+# expression): it appends `` + '/config_<time>.json'`` to the raw value, which then resolves to that literal string
+_LITERAL_JOIN = re.compile(r"^(?P<folder>[^$].*) \+ '(?P<name>/[^']+)'$")
+
+
+def executed_config_path(path: str | os.PathLike) -> str:
+    """The file of MONAI's executed-config record (``save_execute_config``), whether ``output_dir`` was an expression
+    (the default ``$@bundle_root + '/outputs'``) or a plain path (``--output_dir runs/cls``): in the second case MONAI's
+    tracking patch leaves ``"runs/cls + '/config_<time>.json'"``, which is read here as
+    ``runs/cls/config_<time>.json``. Any other path is returned unchanged."""
+    text = str(path)
+    m = _LITERAL_JOIN.match(text)
+    return m.group("folder") + m.group("name") if m and not os.path.exists(text) else text
 
 
 class FaultTolerantMLFlowHandler(MLFlowHandler):
@@ -26,7 +42,9 @@ class FaultTolerantMLFlowHandler(MLFlowHandler):
     MONAI's ``MLFlowHandler`` for runs that must not die because of tracking: the first failure of the store
     (locked sqlite file, unreachable server, full disk...) is logged once as a warning, MLflow logging is switched
     off for the rest of the run, and every epoch's metrics from then on are appended to
-    ``<fallback_dir>/mlflow_fallback_metrics.jsonl`` so nothing is lost. Same arguments as ``MLFlowHandler`` plus:
+    ``<fallback_dir>/mlflow_fallback_metrics.jsonl`` so nothing is lost. The executed config that MONAI's tracking
+    patch writes is logged as an artifact also when ``output_dir`` is a plain path (:func:`executed_config_path`).
+    Same arguments as ``MLFlowHandler`` plus:
 
     Args:
         fallback_dir: folder of the local metrics file (default: the current folder).
@@ -34,6 +52,8 @@ class FaultTolerantMLFlowHandler(MLFlowHandler):
     """
 
     def __init__(self, fallback_dir: str | os.PathLike | None = None, **kwargs: Any) -> None:
+        if "artifacts" in kwargs:
+            kwargs["artifacts"] = [executed_config_path(a) for a in ensure_tuple(kwargs["artifacts"]) if a]
         self.fallback_path = Path(fallback_dir or ".") / "mlflow_fallback_metrics.jsonl"
         self.failed: BaseException | None = None
         self._uri = kwargs.get("tracking_uri")

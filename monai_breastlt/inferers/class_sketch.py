@@ -8,7 +8,7 @@ from monai.inferers import Inferer
 from monai.networks.schedulers import Scheduler
 from monai.utils import optional_import
 
-from monai_breastlt.networks.ldm import prediction_type
+from monai_breastlt.networks.ldm import controlled_prediction, prediction_type
 from monai_breastlt.networks.schedulers import is_truncated_ddpm
 
 tqdm, has_tqdm = optional_import("tqdm", name="tqdm")
@@ -73,14 +73,7 @@ class ClassSketchLatentDiffusionInferer(Inferer):
         cn_cond: torch.Tensor | None,
         conditioning_scale: float,
     ) -> torch.Tensor:
-        down, mid = None, None
-        if controlnet is not None and cn_cond is not None:
-            down, mid = controlnet(
-                x=latents, timesteps=timesteps, controlnet_cond=cn_cond, conditioning_scale=conditioning_scale, class_labels=class_labels
-            )
-        return diffusion_model(
-            latents, timesteps, class_labels=class_labels, down_block_additional_residuals=down, mid_block_additional_residual=mid
-        )
+        return controlled_prediction(diffusion_model, controlnet, latents, timesteps, class_labels, cn_cond, conditioning_scale)
 
     def encode(self, inputs: torch.Tensor, autoencoder_model: nn.Module) -> torch.Tensor:
         """Scaled latents of images: one posterior sample, as MONAI's latent inferers draw (encode once per step, since

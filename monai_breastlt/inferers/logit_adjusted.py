@@ -19,17 +19,23 @@ class LogitAdjustedInferer(Inferer):
     With ``tau = 0`` it is MONAI's ``SimpleInferer``.
 
     Args:
-        class_counts: training count per class (the prior); zero counts are treated as one image.
+        class_counts: training count per class (the prior); zero counts are treated as one image. ``None`` only with
+            ``tau = 0`` (no adjustment, so no prior needed: inference on new images without the training datalist).
         tau: adjustment strength.
     """
 
-    def __init__(self, class_counts: Sequence[int], tau: float = 1.0) -> None:
+    def __init__(self, class_counts: Sequence[int] | None, tau: float = 1.0) -> None:
         super().__init__()
+        self.tau = float(tau)
+        if class_counts is None:
+            if self.tau:
+                raise ValueError(f"LogitAdjustedInferer: tau {tau} needs the training class counts (class_counts is None).")
+            self.log_prior = torch.zeros(())
+            return
         counts = np.maximum(np.asarray(class_counts, dtype=np.float64), 1.0)
         if counts.ndim != 1:
             raise ValueError(f"class_counts must be one count per class, got shape {counts.shape}.")
         self.log_prior = torch.as_tensor(np.log(counts / counts.sum()), dtype=torch.float32)
-        self.tau = float(tau)
 
     def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any) -> torch.Tensor:
         logits = network(inputs, *args, **kwargs)

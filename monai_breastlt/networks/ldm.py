@@ -12,7 +12,7 @@ from monai.networks.schedulers import DDIMScheduler, Scheduler
 
 from monai_breastlt.networks.schedulers import RespacedDDPMScheduler
 
-__all__ = ["SketchConditionedLDM", "matched_conditioning_channels", "prediction_type", "DEFAULT_NOISE_SCHEDULE"]
+__all__ = ["SketchConditionedLDM", "controlled_prediction", "matched_conditioning_channels", "prediction_type", "DEFAULT_NOISE_SCHEDULE"]
 
 # the latent-diffusion schedule of MONAI's 2D LDM tutorials; the UNet predicts the noise
 DEFAULT_NOISE_SCHEDULE = {
@@ -36,6 +36,35 @@ def prediction_type(scheduler: Scheduler) -> str:
     if kind not in ("epsilon", "v_prediction", "sample"):
         raise ValueError(f"scheduler prediction_type must be 'epsilon', 'v_prediction' or 'sample', got '{kind}'.")
     return kind
+
+
+def controlled_prediction(
+    unet: nn.Module,
+    controlnet: nn.Module | None,
+    x: torch.Tensor,
+    timesteps: torch.Tensor,
+    class_labels: torch.Tensor,
+    sketch: torch.Tensor | None = None,
+    conditioning_scale: float = 1.0,
+) -> torch.Tensor:
+    """The UNet's output for noisy latents ``x``, with the ControlNet's residuals added when a ``sketch`` is given:
+    the one place where the two networks are combined (the inferer and :meth:`SketchConditionedLDM.forward`)."""
+    down, mid = None, None
+    if controlnet is not None and sketch is not None:
+        down, mid = controlnet(
+            x=x, timesteps=timesteps, controlnet_cond=sketch, conditioning_scale=conditioning_scale, class_labels=class_labels
+        )
+    return unet(x, timesteps, class_labels=class_labels, down_block_additional_residuals=down, mid_block_additional_residual=mid)
+
+
+def _per_sample(value: torch.Tensor | int | Sequence[int], batch: int, name: str, device: torch.device) -> torch.Tensor:
+    """``(batch,)`` long tensor from a tensor, an int or a list (one value is repeated for the batch)."""
+    v = torch.as_tensor(value, device=device).long().reshape(-1)
+    if v.numel() == 1:
+        return v.expand(batch)
+    if v.numel() != batch:
+        raise ValueError(f"{name} must hold 1 or {batch} values (the batch size), got {v.numel()}.")
+    return v
 
 
 def matched_conditioning_channels(latent_downsample: int, base: int = 16) -> tuple[int, ...]:
@@ -189,6 +218,32 @@ class SketchConditionedLDM(nn.Module):
     def init_controlnet_from_unet(self) -> None:
         """Copy the trained UNet's encoder weights into the ControlNet (its zero convolutions stay zero)."""
         self.controlnet.load_state_dict(self.unet.state_dict(), strict=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        timesteps: torch.Tensor | int | Sequence[int],
+        class_labels: torch.Tensor | int | Sequence[int],
+        sketch: torch.Tensor | None = None,
+        conditioning_scale: float = 1.0,
+    ) -> torch.Tensor:
+        """The denoiser: the UNet's prediction for noisy scaled latents (the noise, the velocity or the clean latents:
+        ``noise_schedule["prediction_type"]``), steered by the class and, through the ControlNet, by the sketch.
+        Training under ``DistributedDataParallel`` goes through this method, so the gradients of the UNet and the
+        ControlNet are averaged over the ranks.
+
+        Args:
+            x: noisy latents ``(B, latent_channels, H / d, W / d)``, ``d`` = ``latent_downsample``.
+            timesteps: ``(B,)`` integer timesteps, or one value for the whole batch (an int or a list, as MONAI's
+                ``verify_net_in_out`` passes its ``extra_forward_args``).
+            class_labels: ``(B,)`` labels (``num_classes`` is the null class), or one value for the whole batch.
+            sketch: ``(B, sketch_channels, H, W)`` at image resolution; ``None``: class conditioning only (the UNet
+                stage, and the unconditional branch of the ControlNet).
+            conditioning_scale: ControlNet residual scale.
+        """
+        timesteps = _per_sample(timesteps, x.shape[0], "timesteps", x.device)
+        class_labels = _per_sample(class_labels, x.shape[0], "class_labels", x.device)
+        return controlled_prediction(self.unet, self.controlnet, x, timesteps, class_labels, sketch, conditioning_scale)
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:

@@ -16,8 +16,14 @@ from monai.utils import CommonKeys
 from monai_breastlt.inferers import ClassSketchLatentDiffusionInferer, drop_class_labels
 from monai_breastlt.losses.diffusion import min_snr_weights, weighted_diffusion_loss
 from monai_breastlt.networks import SketchConditionedLDM
+from monai_breastlt.utils import rank_and_world_size
 
 __all__ = ["PrepareBatchKeys", "AutoencoderTrainer", "LatentDiffusionTrainer", "compute_scale_factor", "kl_loss"]
+
+
+def _unwrap(network: nn.Module) -> nn.Module:
+    """The network inside a ``DistributedDataParallel`` wrapper (or the network itself)."""
+    return getattr(network, "module", network)
 
 
 class PrepareBatchKeys(PrepareBatch):
@@ -135,12 +141,13 @@ class LatentDiffusionTrainer(SupervisedTrainer):
     Args:
         device, max_epochs, train_data_loader, optimizer: as ``SupervisedTrainer``; the optimizer must hold the
             parameters of the parts being trained (see :meth:`trainable_parameters`).
-        network: the ``SketchConditionedLDM``.
+        network: the ``SketchConditionedLDM``, or its ``DistributedDataParallel`` wrapper (multi-process training:
+            :func:`monai_breastlt.workflows.distributed_module`).
         inferer: the ``ClassSketchLatentDiffusionInferer`` (its scheduler gives the noise levels).
         use_controlnet: train the ControlNet stage.
         train_unet: in the ControlNet stage, fine-tune the UNet jointly.
         class_dropout: probability of replacing a label by the null class.
-        seed: seed of the noise, timesteps and label dropout generator.
+        seed: seed of the noise, timesteps and label dropout generator (plus the rank in a multi-process run).
         scale_factor_batches: at start (after checkpoint loaders ran), set the latent scale factor from this many
             batches (0: keep the model's).
         init_controlnet: at start, copy the UNet's weights into the ControlNet (first ControlNet run only).
@@ -179,19 +186,24 @@ class LatentDiffusionTrainer(SupervisedTrainer):
         self.add_event_handler(Events.STARTED, self._prepare_stage)
         self.use_controlnet, self.train_unet, self.class_dropout = use_controlnet, train_unet, class_dropout
         self.image_key, self.label_key, self.sketch_key = image_key, label_key, sketch_key
-        self.generator = torch.Generator().manual_seed(seed)
-        network.autoencoder.requires_grad_(False)
-        network.unet.requires_grad_(train_unet or not use_controlnet)
-        network.controlnet.requires_grad_(use_controlnet)
+        # each rank of a multi-process run draws its own noise, timesteps and dropped labels
+        self.generator = torch.Generator().manual_seed(seed + rank_and_world_size()[0])
+        ldm = _unwrap(network)
+        ldm.autoencoder.requires_grad_(False)
+        ldm.unet.requires_grad_(train_unet or not use_controlnet)
+        ldm.controlnet.requires_grad_(use_controlnet)
 
     def _prepare_stage(self, engine) -> None:
         if engine.state.iteration > 0:  # resumed mid-stage: the checkpoint holds the prepared model
             return
+        ldm = _unwrap(self.network)
         if self.scale_factor_batches > 0:
-            scale = compute_scale_factor(self.network, self.data_loader, engine.state.device, self.image_key, self.scale_factor_batches)
-            self.logger.info(f"latent scale factor set to {scale:.4f}")
+            compute_scale_factor(ldm, self.data_loader, engine.state.device, self.image_key, self.scale_factor_batches)
+            if rank_and_world_size()[1] > 1:  # each rank saw its own batches: all take rank 0's factor
+                torch.distributed.broadcast(ldm.scale_factor, src=0)
+            self.logger.info(f"latent scale factor set to {float(ldm.scale_factor):.4f}")
         if self.init_controlnet:
-            self.network.init_controlnet_from_unet()
+            ldm.init_controlnet_from_unet()
 
     @staticmethod
     def trainable_parameters(network: SketchConditionedLDM, use_controlnet: bool = False, train_unet: bool = True) -> list:
@@ -201,7 +213,7 @@ class LatentDiffusionTrainer(SupervisedTrainer):
         return list(network.controlnet.parameters()) + (list(network.unet.parameters()) if train_unet else [])
 
     def _iteration(self, engine, batchdata: dict) -> dict:
-        net: SketchConditionedLDM = self.network
+        net: SketchConditionedLDM = _unwrap(self.network)
         device = engine.state.device
         images = batchdata[self.image_key].to(device)
         size = list(images.shape[2:])
@@ -222,7 +234,9 @@ class LatentDiffusionTrainer(SupervisedTrainer):
         labels = drop_class_labels(labels, self.class_dropout, net.null_class, self.generator)
         self.optimizer.zero_grad(set_to_none=True)
         latents = self.inferer.encode(images, net.autoencoder)
-        pred = self.inferer.denoise(latents, net.unet, noise, timesteps, labels, net.controlnet if self.use_controlnet else None, sketch)
+        noisy = self.inferer.scheduler.add_noise(original_samples=latents, noise=noise, timesteps=timesteps)
+        # through the network's own forward: under DistributedDataParallel that is what averages the gradients
+        pred = self.network(noisy, timesteps, labels, sketch, self.inferer.conditioning_scale)
         target = self.inferer.target(latents, noise, timesteps)
         weights = None if self.snr_gamma is None else min_snr_weights(self.inferer.scheduler, timesteps, self.snr_gamma)
         loss = self.loss_function(pred, target, weights)

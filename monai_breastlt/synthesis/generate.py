@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from PIL import Image
 from tqdm import tqdm
 
@@ -17,7 +18,7 @@ from monai_breastlt.data.datalist import load_datalist_file, validate_items, wri
 from monai_breastlt.inferers import ClassSketchLatentDiffusionInferer
 from monai_breastlt.networks import SketchConditionedLDM, SketchPerceptionNet
 from monai_breastlt.transforms import PRESCALED_KEY, RandSketchPerturb, ultrasound_preprocessing
-from monai_breastlt.utils import SETTING_RANGES, atomic_open, check_range
+from monai_breastlt.utils import SETTING_RANGES, atomic_open, check_range, rank_and_world_size
 from monai_breastlt.visualize import save_sample_grid
 
 __all__ = ["plan_targets", "save_png", "SyntheticPoolGenerator"]
@@ -66,6 +67,10 @@ class SyntheticPoolGenerator:
     sketch perturbation and initial noise do not depend on batching, so a run killed midway and started again
     generates only the missing ids and yields the same pool. The manifest is rewritten atomically after each
     batch; entries whose files vanished are generated again.
+
+    In a ``torch.distributed`` run (``torchrun``) every rank generates every ``world_size``-th missing image and
+    records it in its own ``pool.rank<r>.json``; rank 0 then merges them into ``pool.json`` atomically, the same
+    manifest a single process writes.
 
     Args:
         model: the trained ``SketchConditionedLDM``.
@@ -156,27 +161,71 @@ class SyntheticPoolGenerator:
                 "conditioning_scale": self.conditioning_scale, "perturb": self.perturb, "cross_class_sketches": self.cross_class}
 
     def existing(self) -> list[dict]:
-        """Manifest entries whose image and sketch files are still there.
+        """Entries of the manifest (and of the per-rank manifests a killed multi-process run left) whose image and
+        sketch files are still there, one per id.
 
         Raises:
-            ValueError: the manifest holds other classes, or was generated with other settings (resuming would mix
+            ValueError: a manifest holds other classes, or was generated with other settings (resuming would mix
                 two pools; a setting that an older manifest did not record is not compared).
         """
-        if not self.manifest.is_file():
-            return []
-        doc = load_datalist_file(self.manifest)
+        found: dict[str, dict] = {}
+        for path in [self.manifest, *self._rank_manifests()]:
+            if path.is_file():
+                found.update((i["id"], i) for i in self._read_manifest(path))
+        return list(found.values())
+
+    def _rank_manifests(self) -> list[Path]:
+        return sorted(self.out.glob("pool.rank*.json"))
+
+    def _read_manifest(self, path: Path) -> list[dict]:
+        doc = load_datalist_file(path)
         if doc["classes"] != self.classes:
-            raise ValueError(f"{self.manifest}: pool classes {doc['classes']} differ from {self.classes}.")
+            raise ValueError(f"{path}: pool classes {doc['classes']} differ from {self.classes}.")
         recorded, now = doc.get("generator") or {}, self.settings()
         differ = {k: (recorded[k], now[k]) for k in recorded.keys() & now.keys() if recorded[k] != now[k]}
         if differ:
             changes = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in sorted(differ.items()))
-            raise ValueError(f"{self.manifest}: the pool was generated with other settings ({changes}); resuming would mix two pools: "
+            raise ValueError(f"{path}: the pool was generated with other settings ({changes}); resuming would mix two pools: "
                              "give another out_dir, or remove the pool to start again.")
         kept = [i for i in doc.get("training", []) if os.path.isfile(i["image"]) and os.path.isfile(i.get("sketch", ""))]
         if len(kept) < len(doc.get("training", [])):
-            logger.warning("%s: %d entries point at missing files; they will be generated again.", self.manifest, len(doc["training"]) - len(kept))
+            logger.warning("%s: %d entries point at missing files; they will be generated again.", path, len(doc["training"]) - len(kept))
         return kept
+
+    def _write_manifest(self, path: Path, entries: list[dict]) -> None:
+        """Write entries atomically in one order (class, then id), whichever process generated them."""
+        write_datalist(path, {"training": sorted(entries, key=lambda e: (e["label"], e["id"]))}, self.classes, generator=self.settings())
+
+    def _consolidate(self, entries: list[dict]) -> None:
+        """Rank 0 (or the only process): ``entries`` become ``pool.json``, the per-rank manifests are removed."""
+        self._write_manifest(self.manifest, entries)
+        for path in self._rank_manifests():
+            path.unlink(missing_ok=True)
+
+    def _share(self, jobs: list[dict], entries: list[dict], rank: int, world: int) -> tuple[list[dict], list[dict]]:
+        """A multi-process run's start: every rank has read the same manifests and planned the same jobs; rank 0 writes
+        the entries kept so far to ``pool.json``, and each rank takes every ``world``-th job, with no entries of its
+        own yet."""
+        dist.barrier()
+        if rank == 0:
+            self._consolidate(entries)
+        dist.barrier()
+        return jobs[rank::world], []
+
+    def _merge(self, rank: int) -> None:
+        """A multi-process run's end: rank 0 merges the ranks' manifests into ``pool.json``, the others wait for it."""
+        dist.barrier()
+        if rank == 0:
+            self._consolidate(self.existing())
+        dist.barrier()
+
+    def make_inferer(self) -> ClassSketchLatentDiffusionInferer:
+        """The sampler of this pool: the noise schedule the model was trained with, this generator's sampler, steps,
+        guidance and ControlNet scale."""
+        return ClassSketchLatentDiffusionInferer(
+            self.model.make_scheduler(self.sampler, self.steps), float(self.model.scale_factor), self.guidance_scale, self.conditioning_scale,
+            self.model.null_class, self.guidance_interval,
+        )
 
     def _jobs(self, targets: Sequence[int], sources: Sequence[dict], done: set[str]) -> list[dict]:
         by_class = {c: [s for s in sources if s["label"] == c] for c in range(len(self.classes))}
@@ -215,14 +264,15 @@ class SyntheticPoolGenerator:
         """
         if len(targets) != len(self.classes):
             raise ValueError(f"targets has {len(targets)} entries for {len(self.classes)} classes.")
+        rank, world = rank_and_world_size()
         entries = self.existing()
         wanted = {self._pool_id(c, k) for c, n in enumerate(targets) for k in range(n)}
         entries = [e for e in entries if e["id"] in wanted]
         jobs = self._jobs(targets, sources, {e["id"] for e in entries})
-        inferer = ClassSketchLatentDiffusionInferer(  # the noise schedule the model was trained with
-            self.model.make_scheduler(self.sampler, self.steps), float(self.model.scale_factor), self.guidance_scale, self.conditioning_scale,
-            self.model.null_class, self.guidance_interval,
-        )
+        if world > 1:
+            jobs, entries = self._share(jobs, entries, rank, world)
+        own = self.manifest if world == 1 else self.out / f"pool.rank{rank}.json"
+        inferer = self.make_inferer()
         lat = self.model.autoencoder.latent_channels
         side = self.image_size // self.model.latent_downsample
         bar = tqdm(total=len(jobs), desc="generating", unit="image", leave=False, disable=not progress or not jobs)
@@ -246,13 +296,19 @@ class SyntheticPoolGenerator:
                      "class_name": self.classes[j["label"]], "source": "synthetic", "seed": j["seed"], "sketch_from": j["source"],
                      PRESCALED_KEY: True}  # written in the model's [0, 1] space: loaders must not stretch it again
                 )
-            write_datalist(self.manifest, {"training": entries}, self.classes, generator=self.settings())
+            self._write_manifest(own, entries)
             bar.update(len(batch))
             if verbose:
                 logger.info("generated %d/%d images", b + len(batch), len(jobs))
         bar.close()
-        if not self.manifest.is_file():  # nothing to do and nothing written yet: an empty pool is still a pool
-            write_datalist(self.manifest, {"training": entries}, self.classes, generator=self.settings())
+        if world > 1:
+            self._merge(rank)
+            if rank != 0:
+                return self.manifest
+            entries = self._read_manifest(self.manifest)
+        elif not self.manifest.is_file() or self._rank_manifests():
+            # nothing written yet (an empty pool is still a pool), or the per-rank manifests of a killed torchrun
+            self._consolidate(entries)
         validate_items(entries, self.classes, str(self.manifest), check_files=True)
         if entries:
             by_class: dict[str, list] = {}
