@@ -460,7 +460,7 @@ class LongTailBenchmark:
                        **common, **tau)
         if (folder / "grouped.json").is_file() and not (out / "grouped_predictions.csv").is_file():
             run_bundle(self.cls, ["train.yaml", "inference.yaml"], workflow_type="infer", **common, **tau,
-                       infer_datalist=str(folder / "grouped.json"), infer_section="test", predictions_file="grouped_predictions.csv")
+                       infer_source=str(folder / "grouped.json"), infer_section="test", predictions_file="grouped_predictions.csv")
 
     def _log_mlflow(self, arm: str, seed: int, report: dict) -> None:
         """Add the test figures to the arm's MLflow run (a new run for evaluation-only arms); failures only warn."""
