@@ -21,6 +21,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from monai_breastlt.data.overlays import burn_overlays, overlay_probabilities
+
 __all__ = ["LesionSubtype", "DEFAULT_SUBTYPES", "long_tail_counts", "render_phantom", "generate_phantom"]
 
 
@@ -259,6 +261,8 @@ def generate_phantom(
     images_per_patient: tuple[int, int] = (1, 2),
     atypical_prob: float = 0.15,
     fractions: Sequence[float] = (0.6, 0.2, 0.2),
+    overlay_strength: float | None = None,
+    overlay_classes: Sequence[int] | None = None,
 ) -> Path:
     """Write a long-tailed phantom: ``OUT/<class>/<id>.png``, ``<id>_mask.png`` and ``OUT/datalist.json``.
 
@@ -277,6 +281,10 @@ def generate_phantom(
         images_per_patient: range of images drawn per patient (several views of one lesion).
         atypical_prob: fraction of lesions that look like their look-alike subtype.
         fractions: train/validation/test fractions of the datalist split.
+        overlay_strength: burn calipers and annotation text into images, their presence correlated with the class
+            at this strength in [0, 1] (:func:`~monai_breastlt.data.overlays.overlay_probabilities`); each entry's
+            ``attributes["overlays"]`` records it. ``None``: no overlays. The lesion images are the same either way.
+        overlay_classes: with ``overlay_strength``, the labels that carry overlays more often (default: odd labels).
 
     Returns:
         the path of the datalist JSON.
@@ -288,16 +296,22 @@ def generate_phantom(
     if len(counts) != len(subtypes):
         raise ValueError(f"counts has {len(counts)} entries for {len(subtypes)} subtypes.")
     items = []
+    overlay_p = overlay_probabilities(len(subtypes), overlay_strength, overlay_classes) if overlay_strength is not None else None
     for label, (sub, n) in enumerate(zip(subtypes, counts)):
         folder = out / sub.name
         folder.mkdir(parents=True, exist_ok=True)
         # one child seed per class keeps a class's images unchanged when other classes' counts change
         rng = np.random.default_rng([seed, label])
+        overlay_rng = np.random.default_rng([seed, label, 1])  # its own stream: the lesions do not change with overlays
         k = patient = 0
         while k < n:
             views = min(int(rng.integers(images_per_patient[0], images_per_patient[1] + 1)), n - k)
             for _ in range(views):
                 img, mask, attrs = render_phantom(sub, image_size, rng, subtypes, atypical_prob)
+                if overlay_p is not None:
+                    attrs["overlays"] = bool(overlay_rng.random() < overlay_p[label])
+                    if attrs["overlays"]:
+                        img, _ = burn_overlays(img, mask, overlay_rng)
                 stem = f"{sub.name}_{k:04d}"
                 Image.fromarray((img * 255).round().astype(np.uint8)).save(folder / f"{stem}.png")
                 Image.fromarray(mask.astype(np.uint8) * 255).save(folder / f"{stem}_mask.png")

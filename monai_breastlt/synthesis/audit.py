@@ -17,6 +17,7 @@ from monai.transforms import LoadImage
 from monai_breastlt.data.datalist import write_datalist
 from monai_breastlt.metrics import confusion_matrix, report_from_confusion
 from monai_breastlt.networks import SketchPerceptionNet
+from monai_breastlt.shortcuts import overlay_share
 from monai_breastlt.synthesis.memorization import NearestRealCheck
 from monai_breastlt.transforms import PRESCALED_KEY, ultrasound_preprocessing
 from monai_breastlt.utils import atomic_write_json
@@ -251,6 +252,10 @@ class PoolAuditor:
                     report["per_class"][name][f"{key}_accuracy"] = rep["recall"][c]
         for key, rep in on_real.items():  # balanced over every real class, pooled or not
             report["overall"][f"{key}_balanced_accuracy"] = rep["balanced_accuracy"]
+        overlays = overlay_share(pool)  # generated images that copy the calipers and text of their training images
+        report["overall"]["overlay_share"] = overlays["share"]
+        for c, share in overlays["per_class"].items():
+            report["per_class"][self.classes[c]]["overlay_share"] = share
         if out_dir is not None:
             out = Path(out_dir)
             atomic_write_json(report, out / "audit_report.json")
