@@ -11,7 +11,7 @@ from torch.utils.data import WeightedRandomSampler
 
 from monai_breastlt.data.sampler import AdaptiveRatioSampler
 
-__all__ = ["bench_sampler", "bench_sampling", "bench_training", "peak_rss_mb"]
+__all__ = ["bench_overlays", "bench_sampler", "bench_sampling", "bench_training", "peak_rss_mb"]
 
 
 def _best_of(fn, repeats: int) -> float:
@@ -181,4 +181,33 @@ def bench_sampling(schedules: Sequence[tuple[str, int]] = (("ddim", 20), ("ddim"
         pair[1]["ratio"] = pair[1]["images_per_s"] / pair[0]["images_per_s"]
         pair[0]["ratio"] = 1.0
         rows += pair
+    return rows
+
+
+def bench_overlays(image_size: int = 256, source_sizes: Sequence[int] = (256, 512), n_images: int = 48, repeats: int = 5,
+                   seed: int = 0) -> list[dict]:
+    """(e) Cost of the overlay masking transform: ``ultrasound_preprocessing(image_size)`` per image without and with
+    ``mask_overlays`` (detection at the file's resolution, then inpainting), on phantom scans of each source size with
+    burnt-in calipers and text (strength 1: half the images carry them). Both pipelines run over the same files,
+    alternately, best of ``repeats`` passes; ``overhead`` is the extra time over the plain preprocessing."""
+    import tempfile
+
+    from monai_breastlt.data import generate_phantom, load_datalist_file
+    from monai_breastlt.transforms import ultrasound_preprocessing
+
+    rows = []
+    for source in source_sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            per_class = max(1, n_images // 6)
+            doc = load_datalist_file(generate_phantom(tmp, counts=[per_class] * 6, image_size=source, seed=seed, overlay_strength=1.0))
+            files = [i["image"] for s in ("training", "validation", "test") for i in doc[s]]
+            plain = ultrasound_preprocessing(image_size, mask_key=None)
+            masked = ultrasound_preprocessing(image_size, mask_key=None, mask_overlays=True)
+            times: dict[str, list[float]] = {"plain": [], "masked": []}
+            for _ in range(repeats):
+                for name, pipe in (("plain", plain), ("masked", masked)):
+                    times[name].append(_best_of(lambda: [pipe({"image": f}) for f in files], 1) / len(files))
+        t_plain, t_masked = min(times["plain"]), min(times["masked"])
+        rows.append({"source_px": source, "image_size": image_size, "images": len(files), "plain_ms": 1000 * t_plain,
+                     "masked_ms": 1000 * t_masked, "overhead": (t_masked - t_plain) / t_plain})
     return rows

@@ -80,7 +80,7 @@ def burn_overlays(
         (y0, x0), (y1, x1) = ends
         n = max(2, int(np.hypot(y1 - y0, x1 - x0) / (3 * stroke + 2)))
         for t in np.linspace(0.0, 1.0, n)[1:-1]:
-            x, y = x0 + t * (x1 - x0), y0 + t * (y1 - y0)
+            x, y = round(x0 + t * (x1 - x0)), round(y0 + t * (y1 - y0))  # whole pixels: PIL rounds float corners apart
             draw.rectangle([x, y, x + stroke - 1, y + stroke - 1], fill=255)
     if text:
         font = ImageFont.load_default(size=max(8, round(min(h, w) / 12)))
