@@ -89,7 +89,7 @@ def run_speed(args: argparse.Namespace) -> int:
         for r in bench_sampling(schedules, args.batch, args.image_size, threads=args.threads):
             print(f"| {r['sampler']} | {r['impl']} | {r['seconds']:.2f} | {r['images_per_s']:.3f} | {r['ratio']:.3f} | {mem(r)} |")
     if "overlays" in args.parts:
-        print("\n(e) preprocessing to 256 px per image, without and with the overlay masking transform (same run, best of 5)")
+        print("\n(e) preprocessing to 256 px per image, without and with the overlay masking transform (same run, least of 5 per image)")
         print("| source px | images | preprocessing (ms) | + overlay masking (ms) | overhead |")
         print("|---|---|---|---|---|")
         for r in bench_overlays(256, args.overlay_sources):

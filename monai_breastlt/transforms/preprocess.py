@@ -241,9 +241,9 @@ def ultrasound_preprocessing(
         box = None if crop_scan_area is True else crop_scan_area
         screen.append(CropScanAread(all_keys, source_key=image_key, box=box, allow_missing_keys=True))
     if mask_overlays is not False:
-        screen.append(MaskOverlaysd(image_key, overlay_key=overlay_key, mode="inpaint" if mask_overlays is True else mask_overlays))
+        mode = "inpaint" if mask_overlays is True else mask_overlays
+        screen.append(MaskOverlaysd(image_key, overlay_key=overlay_key, mode=mode, mask_size=size))  # written at the output size
     overlay = [overlay_key] if mask_overlays is not False else []
-    nearest = ([mask_key] if mask_key else []) + overlay
     return Compose(
         [
             *([LoadUltrasoundImaged(all_keys, frame=frame, allow_missing_keys=True)] if load else []),
@@ -251,7 +251,7 @@ def ultrasound_preprocessing(
             *screen,
             EnsureGrayscaled(keys, allow_missing_keys=True),
             Resized(keys, spatial_size=size, mode="bilinear", anti_aliasing=True, allow_missing_keys=True),
-            *([Resized(nearest, spatial_size=size, mode="nearest", allow_missing_keys=True)] if nearest else []),
+            *([Resized(mask_key, spatial_size=size, mode="nearest", allow_missing_keys=True)] if mask_key else []),
             ScaleUltrasoundIntensityd(keys, allow_missing_keys=True),
             EnsureTyped(all_keys + overlay, dtype=torch.float32, track_meta=False, allow_missing_keys=True),
         ]

@@ -188,7 +188,7 @@ class DetectOverlays(Transform):
 
     backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
 
-    def __init__(self, bright: float = 0.98, contrast: float = 0.15, min_area: float = 8.0, min_length: float = 5.0,
+    def __init__(self, bright: float = 0.98, contrast: float = 0.2, min_area: float = 10.0, min_length: float = 6.0,
                  thin: float = 0.4, saturation: float = 0.35, max_colour: float = 0.05, dilate: int = 1) -> None:
         self.bright, self.contrast = bright, contrast
         self.min_area, self.min_length, self.thin = min_area, min_length, thin
@@ -215,21 +215,22 @@ class DetectOverlays(Transform):
             rest = g[sl][~comp]
             if rest.size and g[sl][comp].mean() - rest.mean() < self.contrast * top:
                 continue
+            if self.dilate:  # grow over the anti-aliased edge, in the glyph's own box
+                sl = tuple(slice(max(a.start - self.dilate, 0), a.stop + self.dilate) for a in sl)
+                comp = ndimage.binary_dilation(lab[sl] == i, iterations=self.dilate)
             out[sl] |= comp
         return out
 
     def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
         """The overlay mask ``(1, H, W)`` (bool) of a channel-first image."""
-        x = convert_to_tensor(img, track_meta=False).float()
-        grey = (x[0] if x.shape[0] < 3 else x[:3].mean(0)).numpy()
-        mask = self._glyphs(grey)
+        x = convert_to_tensor(img, track_meta=False)
+        x = x if x.dtype == torch.float32 else x.float()
+        mask = self._glyphs(x[0].numpy() if x.shape[0] < 3 else x[:3].mean(0).numpy())
         if x.shape[0] >= 3:
             _, sat = _grey_and_colour(x)
             colour = ((sat >= self.saturation) & (x[:3].amax(0) >= 0.2 * x.amax())).numpy()
             if colour.mean() <= self.max_colour:
-                mask |= colour
-        if self.dilate and mask.any():
-            mask = _dilate(mask, self.dilate)
+                mask |= _dilate(colour, self.dilate) if self.dilate and colour.any() else colour
         return convert_to_dst_type(torch.from_numpy(mask)[None], img, dtype=torch.bool)[0]
 
 
@@ -258,12 +259,13 @@ def inpaint(img: NdarrayOrTensor, mask: NdarrayOrTensor, radius: int = 3) -> Nda
         mask: ``(1, H, W)`` or ``(H, W)``, true where pixels are replaced.
         radius: the first window radius in pixels.
     """
-    x = convert_to_tensor(img, track_meta=False).float().numpy().copy()
-    m = np.asarray(convert_to_tensor(mask, track_meta=False).bool().numpy()).reshape(x.shape[-2:])
-    if not m.any():
+    m = convert_to_tensor(mask, track_meta=False).numpy().astype(bool, copy=False)
+    m = m.reshape(m.shape[-2:])
+    if not m.any():  # the common case: nothing to fill, no copy
         return img
     if m.all():
         raise ValueError("inpaint: the mask covers the whole image; nothing to fill it from.")
+    x = np.array(convert_to_tensor(img, track_meta=False).numpy(), dtype=np.float32)  # a copy, filled in place
     rows, cols = np.nonzero(m.any(1))[0], np.nonzero(m.any(0))[0]
     todo = m.copy()
     while todo.any():
@@ -312,12 +314,14 @@ class MaskOverlays(Transform):
 class MaskOverlaysd(MapTransform):
     """
     Dictionary-based wrapper of :py:class:`MaskOverlays`: the overlays of each key are masked and their mask is written
-    to ``overlay_key`` (``(1, H, W)``, float 0/1), for the shortcut audit and the perception net.
+    to ``overlay_key`` (``(1, H, W)``, float 0/1, a plain tensor), for the shortcut audit and the perception net.
 
     Args:
         keys: the image keys.
         overlay_key: the item field of the overlay mask (with several keys: ``{key}_{overlay_key}``).
         mode: ``"inpaint"``, ``"zero"``, or ``"detect"`` (write the mask, leave the image as it is).
+        mask_size: the spatial size the mask is written at (nearest neighbour), e.g. the pipeline's output size, so
+            that no resizing transform has to follow for it; ``None``: the image's size.
         allow_missing_keys: don't raise if a key is missing.
         kwargs: :py:class:`MaskOverlays`' and :py:class:`DetectOverlays`' settings.
     """
@@ -325,9 +329,10 @@ class MaskOverlaysd(MapTransform):
     backend = MaskOverlays.backend
 
     def __init__(self, keys: KeysCollection, overlay_key: str = OVERLAY_KEY, mode: str = "inpaint",
-                 allow_missing_keys: bool = False, **kwargs) -> None:
+                 mask_size: Sequence[int] | None = None, allow_missing_keys: bool = False, **kwargs) -> None:
         super().__init__(keys, allow_missing_keys)
         self.overlay_key, self.mode = overlay_key, mode
+        self.mask_size = tuple(mask_size) if mask_size is not None else None
         self.masker = MaskOverlays("inpaint" if mode == "detect" else mode, **kwargs)
 
     def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
@@ -338,7 +343,10 @@ class MaskOverlaysd(MapTransform):
             if self.mode != "detect":
                 d[key] = self.masker(d[key], mask)
             out_key = self.overlay_key if len(keys) == 1 else f"{key}_{self.overlay_key}"
-            d[out_key] = convert_to_dst_type(mask, d[key], dtype=torch.float32)[0]
+            mask = convert_to_tensor(mask, track_meta=False).float()
+            if self.mask_size is not None and tuple(mask.shape[1:]) != self.mask_size:
+                mask = F.interpolate(mask[None], size=self.mask_size, mode="nearest")[0]
+            d[out_key] = mask
         return d
 
 
