@@ -185,23 +185,29 @@ def bench_sampling(schedules: Sequence[tuple[str, int]] = (("ddim", 20), ("ddim"
 
 
 def bench_overlays(image_size: int = 256, source_sizes: Sequence[int] = (256, 512), n_images: int = 48, repeats: int = 5,
-                   seed: int = 0) -> list[dict]:
+                   seed: int = 0, data: str | None = None) -> list[dict]:
     """(e) Cost of the overlay masking transform: ``ultrasound_preprocessing(image_size)`` per image without and with
     ``mask_overlays`` (detection at the file's resolution, then inpainting), on phantom scans of each source size with
     burnt-in calipers and text (strength 1: half the images carry them). Both pipelines run over the same files,
     alternately, each image timed ``repeats`` times per pipeline (the least counts); ``overhead`` is the extra mean
-    time per image over the plain preprocessing."""
+    time per image over the plain preprocessing. With ``data`` (any source ``data-info`` reads), its first
+    ``n_images`` images are timed as well (``source_px``: ``"data"``)."""
     import tempfile
 
     from monai_breastlt.data import generate_phantom, load_datalist_file
     from monai_breastlt.transforms import ultrasound_preprocessing
 
+    from monai_breastlt.data import read_any_source
+
     rows = []
-    for source in source_sizes:
+    for source in [*source_sizes, *(["data"] if data else [])]:
         with tempfile.TemporaryDirectory() as tmp:
-            per_class = max(1, n_images // 6)
-            doc = load_datalist_file(generate_phantom(tmp, counts=[per_class] * 6, image_size=source, seed=seed, overlay_strength=1.0))
-            files = [i["image"] for s in ("training", "validation", "test") for i in doc[s]]
+            if source == "data":
+                files = [i["image"] for v in read_any_source(data)[0].values() for i in v][:n_images]
+            else:
+                per_class = max(1, n_images // 6)
+                doc = load_datalist_file(generate_phantom(tmp, counts=[per_class] * 6, image_size=source, seed=seed, overlay_strength=1.0))
+                files = [i["image"] for s in ("training", "validation", "test") for i in doc[s]]
             pipes = {"plain": ultrasound_preprocessing(image_size, mask_key=None),
                      "masked": ultrasound_preprocessing(image_size, mask_key=None, mask_overlays=True)}
             # per image, the least of `repeats` timings of each pipeline, interleaved: a busy machine's bursts of load

@@ -15,7 +15,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                          "(e) overlay masking cost")
     s.add_argument("--parts", nargs="+", default=["sampler", "training", "sampling", "overlays"],
                    choices=["sampler", "training", "sampling", "overlays"])
-    s.add_argument("--overlay-sources", type=int, nargs="+", default=[256, 512], help="(e) source image sides, preprocessed to 256 px")
+    s.add_argument("--overlay-sources", type=int, nargs="+", default=[256, 512], help="(e) phantom image sides, preprocessed to 256 px")
+    s.add_argument("--overlay-data", default=None, help="(e) also time the first 48 images of this data (folder, CSV or datalist)")
     s.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000], help="(a) dataset sizes")
     s.add_argument("--train-items", type=int, default=2048, help="(b) items per epoch")
     s.add_argument("--train-epochs", type=int, default=3, help="(b) epochs")
@@ -92,7 +93,7 @@ def run_speed(args: argparse.Namespace) -> int:
         print("\n(e) preprocessing to 256 px per image, without and with the overlay masking transform (same run, least of 5 per image)")
         print("| source px | images | preprocessing (ms) | + overlay masking (ms) | overhead |")
         print("|---|---|---|---|---|")
-        for r in bench_overlays(256, args.overlay_sources):
+        for r in bench_overlays(256, args.overlay_sources, data=args.overlay_data):
             print(f"| {r['source_px']} | {r['images']} | {r['plain_ms']:.2f} | {r['masked_ms']:.2f} | {100 * r['overhead']:.0f} % |")
     return 0
 

@@ -36,6 +36,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 OVERLAY_KEY = "overlay"  # the item field that MaskOverlaysd writes the overlay mask to
+_AROUND = tuple((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx)  # the 8-neighbourhood
+_OFFSETS = np.array([(0, 0), *_AROUND])
 
 
 def _grey_and_colour(img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -200,38 +202,63 @@ class DetectOverlays(Transform):
         scale = min(g.shape) / 128
         min_area, min_length = self.min_area * scale**2, self.min_length * scale
         sat = g >= self.bright * top
-        if sat.sum() < min_area:  # the common case: nothing white enough
+        if np.count_nonzero(sat) < min_area:  # nothing white enough
             return out
         lab, n = ndimage.label(sat, structure=np.ones((3, 3), bool))
-        area = np.bincount(lab[sat], minlength=n + 1)
-        objects = ndimage.find_objects(lab)
-        for i in np.nonzero(area[1:] >= min_area)[0] + 1:
-            sl = objects[i - 1]
-            if max(sl[0].stop - sl[0].start, sl[1].stop - sl[1].start) < min_length:
-                continue  # a compact grain of clipped speckle
-            comp = lab[sl] == i
-            if ndimage.binary_erosion(comp).sum() > self.thin * area[i]:
-                continue  # a bright band of tissue, not a stroke
-            rest = g[sl][~comp]
-            if rest.size and g[sl][comp].mean() - rest.mean() < self.contrast * top:
-                continue
-            if self.dilate:  # grow over the anti-aliased edge, in the glyph's own box
-                sl = tuple(slice(max(a.start - self.dilate, 0), a.stop + self.dilate) for a in sl)
-                comp = ndimage.binary_dilation(lab[sl] == i, iterations=self.dilate)
-            out[sl] |= comp
+        ys, xs = np.divmod(np.flatnonzero(sat), sat.shape[1])  # white pixels are few: groups are measured on them
+        labels = lab[ys, xs]
+        area = np.bincount(labels, minlength=n + 1)
+        big = area >= min_area
+        big[0] = False
+        if not big.any():
+            return out
+        order = np.argsort(labels, kind="stable")
+        starts = np.searchsorted(labels[order], np.arange(n + 1))[1:]  # group k's first position in `order`
+        top_row, bottom_row = np.minimum.reduceat(ys[order], starts), np.maximum.reduceat(ys[order], starts)
+        left_col, right_col = np.minimum.reduceat(xs[order], starts), np.maximum.reduceat(xs[order], starts)
+        extent = np.maximum(bottom_row - top_row, right_col - left_col) + 1
+        # pixels whose 8 neighbours are all white: a stroke has few, a band of bright tissue many
+        padded = np.pad(sat, 1)
+        solid = np.ones(len(ys), bool)
+        for dy, dx in _AROUND:
+            solid &= padded[ys + 1 + dy, xs + 1 + dx]
+        solid_count = np.bincount(labels[solid], minlength=n + 1)
+        keep = big & (np.r_[0, extent] >= min_length) & (solid_count <= self.thin * area)
+        # the few candidates left: brighter than the rest of their bounding box?
+        candidates = np.nonzero(keep)[0]
+        own_sum = np.bincount(labels, weights=g[ys, xs], minlength=n + 1)[candidates]
+        box_sum = np.array([g[top_row[i - 1] : bottom_row[i - 1] + 1, left_col[i - 1] : right_col[i - 1] + 1].sum() for i in candidates])
+        box_area = (bottom_row - top_row + 1)[candidates - 1] * (right_col - left_col + 1)[candidates - 1]
+        rest = box_area - area[candidates]
+        dimmer = (rest > 0) & (own_sum / area[candidates] - (box_sum - own_sum) / np.maximum(rest, 1) < self.contrast * top)
+        keep[candidates[dimmer]] = False
+        if not keep.any():
+            return out
+        own = keep[labels]
+        ys, xs = ys[own], xs[own]
+        for _ in range(self.dilate):  # grow over the anti-aliased edge: the 8 neighbours of every glyph pixel
+            ys = np.clip((ys[:, None] + _OFFSETS[:, 0]).ravel(), 0, g.shape[0] - 1)
+            xs = np.clip((xs[:, None] + _OFFSETS[:, 1]).ravel(), 0, g.shape[1] - 1)
+        out[ys, xs] = True
         return out
+
+    def mask(self, img: NdarrayOrTensor) -> np.ndarray:
+        """The overlay mask ``(H, W)`` (bool numpy) of a channel-first image."""
+        x = convert_to_tensor(img, track_meta=False)
+        x = x if x.dtype == torch.float32 else x.float()
+        # grey scans saved as RGB (three equal channels) are grey: no averaging, no colour marks to look for
+        colour = x.shape[0] >= 3 and not (torch.equal(x[0], x[1]) and torch.equal(x[1], x[2]))
+        mask = self._glyphs(x[:3].mean(0).numpy() if colour else x[0].numpy())
+        if colour:
+            _, sat = _grey_and_colour(x)
+            marks = ((sat >= self.saturation) & (x[:3].amax(0) >= 0.2 * x.amax())).numpy()
+            if marks.mean() <= self.max_colour:
+                mask |= _dilate(marks, self.dilate) if self.dilate and marks.any() else marks
+        return mask
 
     def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
         """The overlay mask ``(1, H, W)`` (bool) of a channel-first image."""
-        x = convert_to_tensor(img, track_meta=False)
-        x = x if x.dtype == torch.float32 else x.float()
-        mask = self._glyphs(x[0].numpy() if x.shape[0] < 3 else x[:3].mean(0).numpy())
-        if x.shape[0] >= 3:
-            _, sat = _grey_and_colour(x)
-            colour = ((sat >= self.saturation) & (x[:3].amax(0) >= 0.2 * x.amax())).numpy()
-            if colour.mean() <= self.max_colour:
-                mask |= _dilate(colour, self.dilate) if self.dilate and colour.any() else colour
-        return convert_to_dst_type(torch.from_numpy(mask)[None], img, dtype=torch.bool)[0]
+        return convert_to_dst_type(torch.from_numpy(self.mask(img))[None], img, dtype=torch.bool)[0]
 
 
 def _bbox(mask: np.ndarray, pad: int = 0) -> tuple[slice, slice]:
@@ -248,11 +275,28 @@ def _dilate(mask: np.ndarray, pixels: int) -> np.ndarray:
     return out
 
 
+def _fill(x: np.ndarray, mask: np.ndarray, todo: np.ndarray, radius: int) -> None:
+    """Fill ``x`` (``(C, H, W)``, in place) at ``todo`` with the mean of the pixels outside ``mask`` in a window around
+    each, over ``todo``'s bounding box; the window doubles for pixels that have none."""
+    while todo.any():
+        rows, cols = np.nonzero(todo.any(1))[0], np.nonzero(todo.any(0))[0]
+        y0, y1 = max(rows[0] - radius, 0), min(rows[-1] + radius + 1, mask.shape[0])
+        x0, x1 = max(cols[0] - radius, 0), min(cols[-1] + radius + 1, mask.shape[1])
+        known = (~mask[y0:y1, x0:x1]).astype(np.float32)
+        den = ndimage.uniform_filter(known, 2 * radius + 1, mode="constant")
+        fill = todo[y0:y1, x0:x1] & (den > 0)
+        for c in range(x.shape[0]):
+            num = ndimage.uniform_filter(x[c, y0:y1, x0:x1] * known, 2 * radius + 1, mode="constant")
+            x[c, y0:y1, x0:x1][fill] = num[fill] / den[fill]
+        todo[y0:y1, x0:x1] &= ~fill
+        radius *= 2
+
+
 def inpaint(img: NdarrayOrTensor, mask: NdarrayOrTensor, radius: int = 3) -> NdarrayOrTensor:
     """Fill the masked pixels of a channel-first image with the mean of the unmasked pixels around them.
 
-    A normalised box filter of side ``2 * radius + 1`` over the masked region's bounding box, widened until every
-    masked pixel has unmasked neighbours.
+    A normalised box filter of side ``2 * radius + 1`` over the bounding box of each band of rows holding marks,
+    widened until every masked pixel has unmasked neighbours.
 
     Args:
         img: ``(C, H, W)``.
@@ -266,19 +310,12 @@ def inpaint(img: NdarrayOrTensor, mask: NdarrayOrTensor, radius: int = 3) -> Nda
     if m.all():
         raise ValueError("inpaint: the mask covers the whole image; nothing to fill it from.")
     x = np.array(convert_to_tensor(img, track_meta=False).numpy(), dtype=np.float32)  # a copy, filled in place
-    rows, cols = np.nonzero(m.any(1))[0], np.nonzero(m.any(0))[0]
-    todo = m.copy()
-    while todo.any():
-        y0, y1 = max(rows.min() - radius, 0), min(rows.max() + radius + 1, m.shape[0])
-        x0, x1 = max(cols.min() - radius, 0), min(cols.max() + radius + 1, m.shape[1])
-        known = (~m[y0:y1, x0:x1]).astype(np.float32)
-        den = ndimage.uniform_filter(known, 2 * radius + 1, mode="constant")
-        fill = todo[y0:y1, x0:x1] & (den > 0)
-        for c in range(x.shape[0]):
-            num = ndimage.uniform_filter(x[c, y0:y1, x0:x1] * known, 2 * radius + 1, mode="constant")
-            x[c, y0:y1, x0:x1][fill] = num[fill] / den[fill]
-        todo[y0:y1, x0:x1] &= ~fill
-        radius *= 2
+    busy = np.nonzero(m.any(1))[0]
+    # marks far apart in rows (a caption at the bottom, calipers in the middle) are filled in their own boxes
+    for run in np.split(busy, np.nonzero(np.diff(busy) > 2 * radius + 1)[0] + 1):
+        todo = np.zeros_like(m)
+        todo[run[0] : run[-1] + 1] = m[run[0] : run[-1] + 1]
+        _fill(x, m, todo, radius)
     return convert_to_dst_type(torch.from_numpy(x), img, dtype=torch.float32)[0]
 
 
@@ -339,14 +376,14 @@ class MaskOverlaysd(MapTransform):
         d = dict(data)
         keys = list(self.key_iterator(d))
         for key in keys:
-            mask = self.masker.detector(d[key])
+            mask = self.masker.detector.mask(d[key])
             if self.mode != "detect":
                 d[key] = self.masker(d[key], mask)
             out_key = self.overlay_key if len(keys) == 1 else f"{key}_{self.overlay_key}"
-            mask = convert_to_tensor(mask, track_meta=False).float()
-            if self.mask_size is not None and tuple(mask.shape[1:]) != self.mask_size:
-                mask = F.interpolate(mask[None], size=self.mask_size, mode="nearest")[0]
-            d[out_key] = mask
+            out = torch.from_numpy(mask.astype(np.float32))[None]
+            if self.mask_size is not None and tuple(out.shape[1:]) != self.mask_size:
+                out = F.interpolate(out[None], size=self.mask_size, mode="nearest")[0]
+            d[out_key] = out
         return d
 
 
