@@ -62,8 +62,8 @@ def scan_area_box(img: NdarrayOrTensor, threshold: float = 0.06, density: float 
 
     Speckle fills the scan area (sector or linear) densely with non-black pixels; the screen around it is black with
     sparse text and icons. Pixels brighter than ``threshold`` are counted in a window of ``window`` times the image
-    side; the largest connected region where they are denser than ``density``, holes (anechoic lesions) filled, is the
-    scan area.
+    side; the bounding box of the largest connected region where they are denser than ``density`` is the scan area
+    (dark holes inside it, anechoic lesions, do not matter; its edge falls about half a window inside the scan's).
 
     Args:
         img: a channel-first image.
@@ -171,21 +171,23 @@ class DetectOverlays(Transform):
     Find what a scanner burns into an ultrasound image: calipers, dotted measurement lines, annotation text (thin glyphs
     at the display's maximum brightness) and coloured marks (saturated colour on a grey scan).
 
-    Glyphs are connected regions of pixels within ``bright`` of the image maximum that are large and long enough
-    (speckle clips to white only in small grains), thin (a 3 x 3 erosion keeps at most ``thin`` of them: a band of
-    bright tissue is wider) and brighter than the rest of their bounding box by ``contrast``. Colour marks are pixels whose saturation exceeds ``saturation``, as
-    long as they cover less than ``max_colour`` of the image (more is a colour Doppler or tinted scan, which
-    :func:`scan_flags` reports, not a mark). Sizes scale with the image's shorter side (given for 128 px).
+    Glyphs are 8-connected groups of pixels within ``bright`` of the image maximum that are large and long enough
+    (speckle clips to white only in small grains), thin (at most ``thin`` of their pixels have 8 white neighbours: a
+    band of bright tissue is wider) and brighter than the rest of their bounding box by ``contrast``. White pixels
+    are few, so the groups are measured on their coordinates rather than over the image. Colour marks are pixels
+    whose saturation exceeds ``saturation``, as long as they cover less than ``max_colour`` of the image (more is a
+    colour Doppler or tinted scan, which :func:`scan_flags` reports, not a mark); a scan stored as three equal
+    channels is grey. Sizes scale with the image's shorter side (given for 128 px).
 
     Args:
         bright: the least intensity of a glyph pixel, relative to the image maximum.
         contrast: the least mean difference between a glyph and the rest of its bounding box (relative intensity).
         min_area: the least glyph size in pixels at 128 px (scaled with the image area).
         min_length: the least extent of a glyph along rows or columns, in pixels at 128 px.
-        thin: the largest share of a glyph's pixels that survives a 3 x 3 erosion.
+        thin: the largest share of a glyph's pixels whose 8 neighbours are all white (what a 3 x 3 erosion keeps).
         saturation: the least saturation ``(max - min) / max`` over the colour channels of a coloured mark.
         max_colour: the largest image share of coloured pixels that are treated as marks.
-        dilate: grow the mask by this many pixels (anti-aliased glyph edges).
+        dilate: grow the mask by this many pixels, diagonals included (anti-aliased glyph edges).
     """
 
     backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
@@ -197,6 +199,7 @@ class DetectOverlays(Transform):
         self.saturation, self.max_colour, self.dilate = saturation, max_colour, dilate
 
     def _glyphs(self, g: np.ndarray) -> np.ndarray:
+        """The glyph mask ``(H, W)`` of a grey image."""
         out = np.zeros(g.shape, bool)
         top = g.max()
         scale = min(g.shape) / 128
@@ -268,10 +271,10 @@ def _bbox(mask: np.ndarray, pad: int = 0) -> tuple[slice, slice]:
 
 
 def _dilate(mask: np.ndarray, pixels: int) -> np.ndarray:
-    """Binary dilation computed over the mask's bounding box only (overlays are small)."""
+    """Binary dilation (8-neighbourhood) computed over the mask's bounding box only (overlays are small)."""
     out = mask.copy()
     sl = _bbox(mask, pixels)
-    out[sl] = ndimage.binary_dilation(mask[sl], iterations=pixels)
+    out[sl] = ndimage.binary_dilation(mask[sl], structure=np.ones((3, 3), bool), iterations=pixels)
     return out
 
 
