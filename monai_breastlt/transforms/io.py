@@ -49,8 +49,8 @@ def _check_readable(path: str) -> None:
         with open(path, "rb") as f:
             head = f.read(132)
         if head[128:132] == b"DICM":
-            raise ValueError(f"{path}: DICOM file holds no image (no pixel data: a structured report, presentation state or "
-                             "other non-image object); expected an ultrasound image.")
+            raise ValueError(f"{path}: DICOM file holds no image GDCM can read (no pixel data: a structured report, presentation "
+                             "state or other non-image object?); expected an ultrasound image.")
         raise ValueError(f"{path}: not a DICOM file (no 'DICM' marker) or not one GDCM can read; expected an ultrasound image.")
 
 
