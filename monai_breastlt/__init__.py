@@ -11,7 +11,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("data", "handlers", "inferers", "losses", "metrics", "networks", "pretrained", "rl", "synthesis", "transforms")
+_SUBMODULES = ("data", "handlers", "inferers", "losses", "metrics", "networks", "pretrained", "rl", "shortcuts", "synthesis", "transforms")
 _EXPORTS = {
     "data": ("AdaptiveRatioSampler", "generate_phantom", "load_datalist", "prepare_split", "scan_class_folder"),
     "handlers": ("AdaptiveSamplerHandler", "LongTailReportHandler"),
@@ -19,8 +19,10 @@ _EXPORTS = {
     "metrics": ("LongTailMetric", "long_tail_report"),
     "networks": ("SketchConditionedLDM", "SketchPerceptionNet"),
     "rl": ("FixedRatioPolicy", "HeuristicRatioPolicy", "MultiAgentRatioPolicy", "build_ratio_policy"),
+    "shortcuts": ("ShortcutAudit",),
     "synthesis": ("SyntheticPoolGenerator",),
-    "transforms": ("ExtractSketch", "ExtractSketchd", "RandSketchPerturb", "RandSketchPerturbd", "RandSpeckleNoise", "RandSpeckleNoised"),
+    "transforms": ("ExtractSketch", "ExtractSketchd", "RandSketchPerturb", "RandSketchPerturbd", "RandSpeckleNoise", "RandSpeckleNoised",
+                   "LoadUltrasoundImaged", "CropScanAread", "MaskOverlaysd"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 

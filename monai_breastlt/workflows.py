@@ -27,6 +27,7 @@ __all__ = [
     "check_bundle_run",
     "check_overrides",
     "check_settings",
+    "classifier_from_bundle",
     "default_bundles_dir",
     "distributed_device",
     "distributed_module",
@@ -486,3 +487,19 @@ def train_synthesis(
         done[name] = time.time() - start
         atomic_write_json(done, record)
     return done
+
+
+def classifier_from_bundle(bundle: Path, num_classes: int, checkpoint: str | os.PathLike | None = None):
+    """The classification bundle's network (``train.yaml``'s ``network_def``) for ``num_classes`` classes, with the
+    weights of ``checkpoint`` (the bundle's ``models/model.pt``) when given."""
+    from monai.bundle import ConfigParser
+
+    from monai_breastlt.utils import torch_load_safe
+
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "train.yaml"))
+    parser["num_classes"] = int(num_classes)
+    net = parser.get_parsed_content("network_def")
+    if checkpoint is not None:
+        net.load_state_dict(torch_load_safe(checkpoint))
+    return net

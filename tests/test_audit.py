@@ -35,6 +35,8 @@ def test_audit_responds_to_a_corrupted_pool(tiny_phantom, tmp_path):
     assert rep_noise["overall"]["mmd"] > rep_copy["overall"]["mmd"]
     assert 0 <= rep_noise["overall"]["sketch_dice"] <= 1 and math.isnan(rep_copy["overall"]["sketch_dice"])
     assert set(rep_copy["per_class"]) <= set(classes) and rep_copy["overall"]["real_vs_real"]["fid"] >= 0
+    assert 0 <= rep_copy["overall"]["overlay_share"] <= 1  # images that carry burnt-in calipers or text
+    assert all(0 <= r["overlay_share"] <= 1 for r in rep_copy["per_class"].values())
     assert (tmp_path / "audit/audit_report.json").is_file() and (tmp_path / "audit/audit_grid.png").is_file()
     assert not (tmp_path / "audit/near_copies.png").exists()  # nothing flagged in the noise pool: no figure
     kept = filter_pool(copies, [rep_copy], classes, tmp_path / "filtered.json", min_class_prob=0.0)

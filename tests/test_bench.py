@@ -22,3 +22,9 @@ def test_training_and_sampling_speed_rows():
     rows = bench_sampling([("ddim", 2)], batch=1, image_size=16, ldm_kwargs=TINY_LDM)
     assert [r["impl"] for r in rows] == ["bare MONAI loop", "ClassSketchLatentDiffusionInferer"]
     assert rows[1]["images_per_s"] > 0 and rows[1]["ratio"] > 0
+
+
+def test_overlay_masking_cost_rows(capsys):
+    assert main(["bench", "speed", "--parts", "overlays", "--overlay-sources", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "(e) preprocessing to 256 px" in out and "| 64 | 48 |" in out

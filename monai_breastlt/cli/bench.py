@@ -12,8 +12,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmarks that print ratios against a baseline measured in the same run")
     which = p.add_subparsers(dest="which", metavar="which", required=True)
 
-    s = which.add_parser("speed", help="(a) sampler vs WeightedRandomSampler, (b) training and (c) sampling throughput, (d) peak memory")
-    s.add_argument("--parts", nargs="+", default=["sampler", "training", "sampling"], choices=["sampler", "training", "sampling"])
+    s = which.add_parser("speed", help="(a) sampler vs WeightedRandomSampler, (b) training and (c) sampling throughput, (d) peak memory, "
+                         "(e) overlay masking cost")
+    s.add_argument("--parts", nargs="+", default=["sampler", "training", "sampling", "overlays"],
+                   choices=["sampler", "training", "sampling", "overlays"])
+    s.add_argument("--overlay-sources", type=int, nargs="+", default=[256, 512], help="(e) phantom image sides, preprocessed to 256 px")
+    s.add_argument("--overlay-data", default=None, help="(e) also time the first 48 images of this data (folder, CSV or datalist)")
     s.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000], help="(a) dataset sizes")
     s.add_argument("--train-items", type=int, default=2048, help="(b) items per epoch")
     s.add_argument("--train-epochs", type=int, default=3, help="(b) epochs")
@@ -74,7 +78,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def run_speed(args: argparse.Namespace) -> int:
-    from monai_breastlt.bench.speed import bench_sampler, bench_sampling, bench_training
+    from monai_breastlt.bench.speed import bench_overlays, bench_sampler, bench_sampling, bench_training
 
     torch.set_num_threads(args.threads)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
@@ -99,6 +103,12 @@ def run_speed(args: argparse.Namespace) -> int:
         print("|---|---|---|---|---|---|")
         for r in bench_sampling(schedules, args.batch, args.image_size, threads=args.threads):
             print(f"| {r['sampler']} | {r['impl']} | {r['seconds']:.2f} | {r['images_per_s']:.3f} | {r['ratio']:.3f} | {mem(r)} |")
+    if "overlays" in args.parts:
+        print("\n(e) preprocessing to 256 px per image, without and with the overlay masking transform (same run, least of 5 per image)")
+        print("| source px | images | preprocessing (ms) | + overlay masking (ms) | overhead |")
+        print("|---|---|---|---|---|")
+        for r in bench_overlays(256, args.overlay_sources, data=args.overlay_data):
+            print(f"| {r['source_px']} | {r['images']} | {r['plain_ms']:.2f} | {r['masked_ms']:.2f} | {100 * r['overhead']:.0f} % |")
     return 0
 
 

@@ -12,6 +12,7 @@ from monai_breastlt.utils import bad_input_message
 from monai_breastlt.cli import bench as bench_cmds
 from monai_breastlt.cli import data as data_cmds
 from monai_breastlt.cli import demo as demo_cmds
+from monai_breastlt.cli import shortcuts as shortcuts_cmds
 from monai_breastlt.cli import synthesis as synthesis_cmds
 
 
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_cmds.add_parsers(sub)
     synthesis_cmds.add_parsers(sub)
     demo_cmds.add_parsers(sub)
+    shortcuts_cmds.add_parsers(sub)
     bench_cmds.add_parsers(sub)
     return parser
 

@@ -24,5 +24,6 @@ from .checks import check_datalist, check_image_files, find_leakage, inspect_ima
 from .phantom import DEFAULT_SUBTYPES, LesionSubtype, generate_phantom, long_tail_counts, render_phantom
 from .sampler import AdaptiveRatioSampler
 from .profile import LongTailProfile, long_tail_groups, long_tail_profile, tempered_class_weights
+from .dicom import expand_dicom_frames
 from .public import read_any_source, read_busbra, read_busi
 from .split import long_tail_subsample, prepare_benchmark_data, prepare_split, stratified_group_split

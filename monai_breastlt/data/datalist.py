@@ -47,7 +47,7 @@ __all__ = [
     "check_classes",
 ]
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".nii", ".nii.gz", ".nrrd", ".mha", ".mhd", ".dcm", ".dicom")
 SECTIONS = ("training", "validation", "test")
 _PATH_KEYS = ("image", "mask", "sketch")
 _MASK_RE = re.compile(r"^(?P<stem>.+)_mask(_\d+)?$")
@@ -316,9 +316,12 @@ def validate_items(items: Iterable[Any], classes: Sequence[str], where: str = "d
                 f"{where}: entry {n} ({item['image']}): {PRESCALED_KEY} {item[PRESCALED_KEY]!r} is not true or false "
                 "(true: the file holds intensities already scaled to [0, 1], as synthetic pools do)."
             )
-        key = str(item["image"])
+        key = str(item["image"]) + (f" frame {item['frame']}" if "frame" in item else "")  # a cine loop: one entry per frame
         if key in seen:
             raise ValueError(f"{where}: duplicate entry for image {key} (entries {seen[key]} and {n}).")
+        frame = item.get("frame", 0)
+        if isinstance(frame, bool) or not isinstance(frame, int) or frame < 0:
+            raise ValueError(f"{where}: entry {n} ({item['image']}): frame {frame!r} is not a frame index (an integer >= 0).")
         seen[key] = n
         if check_files:
             for k in _PATH_KEYS:

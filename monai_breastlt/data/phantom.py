@@ -22,6 +22,7 @@ from PIL import Image
 from scipy import ndimage
 
 from monai_breastlt.utils import check_range, check_writable_dir, read_json
+from monai_breastlt.data.overlays import burn_overlays, overlay_probabilities
 
 __all__ = ["LesionSubtype", "DEFAULT_SUBTYPES", "long_tail_counts", "render_phantom", "generate_phantom"]
 
@@ -264,6 +265,8 @@ def generate_phantom(
     atypical_prob: float = 0.15,
     fractions: Sequence[float] = (0.6, 0.2, 0.2),
     overwrite: bool = False,
+    overlay_strength: float | None = None,
+    overlay_classes: Sequence[int] | None = None,
 ) -> Path:
     """Write a long-tailed phantom: ``OUT/<class>/<id>.png``, ``<id>_mask.png`` and ``OUT/datalist.json``.
 
@@ -285,6 +288,10 @@ def generate_phantom(
         atypical_prob: fraction of lesions that look like their look-alike subtype.
         fractions: train/validation/test fractions of the datalist split.
         overwrite: replace a ``datalist.json`` already in ``out_dir`` that another call (or other data) wrote.
+        overlay_strength: burn calipers and annotation text into images, their presence correlated with the class
+            at this strength in [0, 1] (:func:`~monai_breastlt.data.overlays.overlay_probabilities`); each entry's
+            ``attributes["overlays"]`` records it. ``None``: no overlays. The lesion images are the same either way.
+        overlay_classes: with ``overlay_strength``, the labels that carry overlays more often (default: odd labels).
 
     Returns:
         the path of the datalist JSON.
@@ -313,21 +320,29 @@ def generate_phantom(
     path = out / "datalist.json"
     settings = {"counts": counts, "image_size": image_size, "seed": seed, "subtypes": [s.name for s in subtypes],
                 "images_per_patient": [lo, hi], "atypical_prob": atypical_prob}
+    if overlay_strength is not None:  # overlays change the files: another phantom
+        settings.update(overlay_strength=overlay_strength, overlay_classes=None if overlay_classes is None else list(overlay_classes))
     check_writable_dir(out, "phantom folder")
     if path.exists() and not overwrite and _phantom_settings(path) != settings:
         raise FileExistsError(f"{path} already exists (other data, or a phantom made with other arguments); pass --overwrite "
                               "(overwrite=True) to replace it, or choose another output folder.")
     items = []
+    overlay_p = overlay_probabilities(len(subtypes), overlay_strength, overlay_classes) if overlay_strength is not None else None
     for label, (sub, n) in enumerate(zip(subtypes, counts)):
         folder = out / sub.name
         folder.mkdir(parents=True, exist_ok=True)
         # one child seed per class keeps a class's images unchanged when other classes' counts change
         rng = np.random.default_rng([seed, label])
+        overlay_rng = np.random.default_rng([seed, label, 1])  # its own stream: the lesions do not change with overlays
         k = patient = 0
         while k < n:
             views = min(int(rng.integers(images_per_patient[0], images_per_patient[1] + 1)), n - k)
             for _ in range(views):
                 img, mask, attrs = render_phantom(sub, image_size, rng, subtypes, atypical_prob)
+                if overlay_p is not None:
+                    attrs["overlays"] = bool(overlay_rng.random() < overlay_p[label])
+                    if attrs["overlays"]:
+                        img, _ = burn_overlays(img, mask, overlay_rng)
                 stem = f"{sub.name}_{k:04d}"
                 Image.fromarray((img * 255).round().astype(np.uint8)).save(folder / f"{stem}.png")
                 Image.fromarray(mask.astype(np.uint8) * 255).save(folder / f"{stem}_mask.png")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from monai_breastlt.data.dicom import expand_dicom_frames
 from monai_breastlt.data.datalist import (
     deduplicate_by_hash,
     load_datalist_file,
@@ -57,14 +58,21 @@ def read_busi(root: str | os.PathLike, deduplicate: bool = True) -> tuple[list[d
     return items, classes
 
 
-def read_any_source(source: str | os.PathLike, min_count: int = 0) -> tuple[dict[str, list[dict]], list[str]]:
+def read_any_source(source: str | os.PathLike, min_count: int = 0, frames: str = "middle") -> tuple[dict[str, list[dict]], list[str]]:
     """Sections and class names of a datalist JSON, a folder holding ``datalist.json``, a BUS-BRA folder, a CSV or a
-    ``ROOT/<class>/`` folder. Unsplit sources come back as one section ``"all"``.
+    ``ROOT/<class>/`` folder. Unsplit sources come back as one section ``"all"``. DICOM entries without a ``frame``
+    get theirs (:func:`~monai_breastlt.data.dicom.expand_dicom_frames`).
 
     Args:
         source: the path.
         min_count: BUS-BRA only: merge classes with fewer images into ``other`` (refused for other sources).
+        frames: the frames of multi-frame DICOM files that become entries: ``"first"``, ``"middle"`` or ``"all"``.
     """
+    sections, classes = _read_source(source, min_count)
+    return {k: expand_dicom_frames(v, frames) for k, v in sections.items()}, classes
+
+
+def _read_source(source: str | os.PathLike, min_count: int = 0) -> tuple[dict[str, list[dict]], list[str]]:
     path = Path(source)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such data source (datalist JSON, data folder, BUS-BRA folder or CSV).")

@@ -17,6 +17,7 @@ from monai.transforms import LoadImage
 from monai_breastlt.data.datalist import write_datalist
 from monai_breastlt.metrics import confusion_matrix, report_from_confusion
 from monai_breastlt.networks import SketchPerceptionNet
+from monai_breastlt.shortcuts import overlay_share
 from monai_breastlt.synthesis.memorization import NearestRealCheck
 from monai_breastlt.transforms import PRESCALED_KEY, ultrasound_preprocessing
 from monai_breastlt.utils import atomic_write_json
@@ -210,6 +211,10 @@ class PoolAuditor:
         }
         if self.autoencoder is not None:
             self._add_real_accuracy(report, real_img, real_logits, real_lab)
+        overlays = overlay_share(pool)  # generated images that copy the calipers and text of their training images
+        report["overall"]["overlay_share"] = overlays["share"]
+        for c, share in overlays["per_class"].items():
+            report["per_class"][self.classes[c]]["overlay_share"] = share
         if out_dir is not None:
             self.write(report, out_dir, pool, syn_img, syn_lab, real_img, mem)
         return report

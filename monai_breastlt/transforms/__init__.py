@@ -15,6 +15,31 @@ from .preprocess import (
     ValidateUltrasoundDict,
     ultrasound_preprocessing,
 )
+from .io import (
+    DICOM_EXTENSIONS,
+    LoadUltrasoundImage,
+    LoadUltrasoundImaged,
+    LoadUltrasoundImageD,
+    LoadUltrasoundImageDict,
+    UltrasoundDicomReader,
+    dicom_header,
+    is_dicom,
+)
+from .screen import (
+    OVERLAY_KEY,
+    CropScanArea,
+    CropScanAread,
+    CropScanAreaD,
+    CropScanAreaDict,
+    DetectOverlays,
+    MaskOverlays,
+    MaskOverlaysd,
+    MaskOverlaysD,
+    MaskOverlaysDict,
+    inpaint,
+    scan_area_box,
+    scan_flags,
+)
 from .sketch import (
     ExtractSketch,
     ExtractSketchd,

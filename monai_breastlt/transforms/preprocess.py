@@ -8,19 +8,19 @@ from collections.abc import Hashable, Mapping, Sequence
 import torch
 from monai.config import KeysCollection
 from monai.config.type_definitions import NdarrayOrTensor
-from monai.data import PILReader
 from monai.data.meta_obj import get_track_meta
 from monai.transforms import (
     Compose,
     EnsureTyped,
-    LoadImaged,
     MapTransform,
     Resized,
     ScaleIntensity,
     Transform,
 )
 from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor
-from PIL import ImageOps
+
+from monai_breastlt.transforms.io import LoadUltrasoundImaged, ultrasound_reader
+from monai_breastlt.transforms.screen import OVERLAY_KEY, CropScanAread, MaskOverlaysd
 
 __all__ = [
     "EnsureGrayscale",
@@ -201,45 +201,65 @@ class ScaleUltrasoundIntensityd(MapTransform):
         return d
 
 
-def ultrasound_reader() -> PILReader:
-    """MONAI's ``PILReader`` reading arrays as ``(H, W)`` like the files, with a JPEG's EXIF orientation applied (a
-    scan exported by a phone or a viewer may be stored sideways with an orientation tag; the viewer shows it upright)."""
-    return PILReader(reverse_indexing=False, converter=ImageOps.exif_transpose)
-
-
 def ultrasound_preprocessing(
     image_size: int | Sequence[int] = 64,
     image_key: str = "image",
     mask_key: str | None = "mask",
     extra_keys: Sequence[str] = (),
+    crop_scan_area: bool | Sequence[int] = False,
+    mask_overlays: bool | str = False,
+    overlay_key: str = OVERLAY_KEY,
+    frame: str | int = "middle",
+    load: bool = True,
 ) -> Compose:
     """Load, grey, validate, resize and scale 2D ultrasound entries: the shared front of every pipeline.
 
-    PNG/JPG/BMP are read by :func:`ultrasound_reader` so arrays are ``(H, W)`` like the files, upright;
-    NIfTI, NRRD and other formats fall back to MONAI's default readers (nibabel, ITK). Images are scaled
-    to [0, 1] by :py:class:`ScaleUltrasoundIntensityd` (min-max, or by the stored range for an entry marked
-    ``prescaled``, as synthetic images are); masks are resized with nearest neighbour. A missing mask is fine.
+    PNG/JPG/BMP are read by :func:`ultrasound_reader` so arrays are ``(H, W)`` like the files, upright; DICOM
+    (``.dcm``) with :py:class:`~monai_breastlt.transforms.io.UltrasoundDicomReader`, one frame per entry (its
+    ``frame`` field, else ``frame``); NIfTI, NRRD and other formats fall back to MONAI's default readers (nibabel,
+    ITK). Images are scaled to [0, 1] by :py:class:`ScaleUltrasoundIntensityd` (min-max, or by the stored range for an
+    entry marked ``prescaled``, as synthetic images are); masks are resized with nearest neighbour. A missing mask is
+    fine.
+
+    Scanner screens: ``crop_scan_area`` crops the scanner UI around the scan (:py:class:`CropScanAread`; a box
+    ``(top, left, bottom, right)`` is the manual fallback), and ``mask_overlays`` finds calipers, text and coloured
+    marks at the file's resolution, before colour is lost (:py:class:`MaskOverlaysd`: ``True`` or ``"inpaint"``,
+    ``"zero"``, or ``"detect"`` to leave the image as it is), and writes their mask to ``overlay_key``.
 
     Args:
         image_size: output spatial size (an int for square images).
         image_key: key of the image path.
         mask_key: key of the mask path(s), or ``None``.
         extra_keys: further image-like keys to load and resize bilinearly (e.g. ``"sketch"``).
+        crop_scan_area: crop to the scan area (``True``, or a manual fallback box).
+        mask_overlays: mask scanner overlays (``True`` = ``"inpaint"``, ``"zero"``, ``"detect"``; ``False``: no).
+        overlay_key: the item field of the overlay mask.
+        frame: the frame of a multi-frame DICOM whose entry names none (``"first"``, ``"middle"`` or an index).
+        load: ``False``: the entries hold channel-first arrays already, not paths.
     """
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     if len(size) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in size):
         raise ValueError(f"image_size must be a positive integer (or two), got {image_size!r}.")
     keys = [image_key, *extra_keys]
     all_keys = keys + ([mask_key] if mask_key else [])
+    screen: list = []
+    if crop_scan_area is not False:
+        box = None if crop_scan_area is True else crop_scan_area
+        screen.append(CropScanAread(all_keys, source_key=image_key, box=box, allow_missing_keys=True))
+    if mask_overlays is not False:
+        mode = "inpaint" if mask_overlays is True else mask_overlays
+        screen.append(MaskOverlaysd(image_key, overlay_key=overlay_key, mode=mode, mask_size=size))  # written at the output size
+    overlay = [overlay_key] if mask_overlays is not False else []
     return Compose(
         [
-            LoadImaged(all_keys, reader=ultrasound_reader(), ensure_channel_first=True, allow_missing_keys=True),
-            EnsureGrayscaled(keys, allow_missing_keys=True),
+            *([LoadUltrasoundImaged(all_keys, frame=frame, allow_missing_keys=True)] if load else []),
             ValidateUltrasoundd(image_key, mask_key=mask_key),
+            *screen,
+            EnsureGrayscaled(keys, allow_missing_keys=True),
             Resized(keys, spatial_size=size, mode="bilinear", anti_aliasing=True, allow_missing_keys=True),
             *([Resized(mask_key, spatial_size=size, mode="nearest", allow_missing_keys=True)] if mask_key else []),
             ScaleUltrasoundIntensityd(keys, allow_missing_keys=True),
-            EnsureTyped(all_keys, dtype=torch.float32, track_meta=False, allow_missing_keys=True),
+            EnsureTyped(all_keys + overlay, dtype=torch.float32, track_meta=False, allow_missing_keys=True),
         ]
     )
 

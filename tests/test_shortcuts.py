@@ -1,0 +1,83 @@
+"""Shortcut audit: a classifier that reads only the burnt-in overlays loses its accuracy when they are swapped between
+classes, and stops reading them behind the overlay masking transform; the `shortcuts` command end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from PIL import Image
+
+from monai_breastlt.cli.main import main
+from monai_breastlt.data.overlays import burn_overlays, overlay_probabilities
+from monai_breastlt.shortcuts import ShortcutAudit, format_shortcut_table, overlay_share
+
+
+class OverlayReader(nn.Module):
+    """Class 1 when more than 0.3 % of the pixels are white (burnt-in marks), else class 0: a pure shortcut."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        white = (x >= 0.99).float().flatten(1).mean(1)
+        return torch.stack([0.003 - white, white - 0.003], 1)
+
+
+@pytest.fixture(scope="module")
+def marked_items(tmp_path_factory):
+    """Class 1 always carries calipers and text, class 0 never (noise backgrounds, a dark lesion)."""
+    root = tmp_path_factory.mktemp("shortcut")
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:96, 0:96]
+    items = []
+    for k in range(12):
+        label = k % 2
+        img = rng.uniform(0.2, 0.6, (96, 96)).astype(np.float32)
+        img[0, 0] = 0.7  # one brightest pixel: a clean image's white after min-max scaling
+        lesion = np.hypot(yy - 48, xx - 30 - 3 * k) < 10
+        img[lesion] = 0.05
+        if label:
+            img, _ = burn_overlays(img, lesion, rng)
+        Image.fromarray((img * 255).round().astype(np.uint8)).save(root / f"{k}.png")
+        items.append({"image": str(root / f"{k}.png"), "label": label})
+    return items
+
+
+def test_swapping_overlays_exposes_the_shortcut_and_masking_removes_it(marked_items):
+    plain = ShortcutAudit(OverlayReader(), ["clean", "marked"], image_size=96).audit(marked_items)
+    assert plain["per_class"]["marked"]["overlay_share"] == 1.0 and plain["per_class"]["clean"]["overlay_share"] == 0.0
+    bal = plain["overall"]["balanced_accuracy"]
+    assert bal["as_is"] == 1.0  # the marks give the class away
+    assert bal["swapped"] == 0.0 and bal["masked"] == 0.5  # swapped: every prediction flips; masked: all read as clean
+    masked = ShortcutAudit(OverlayReader(), ["clean", "marked"], image_size=96, mask_overlays=True).audit(marked_items)
+    bal = masked["overall"]["balanced_accuracy"]
+    assert bal["as_is"] == bal["masked"] == bal["swapped"] == 0.5  # behind the masking transform the marks are gone
+    table = format_shortcut_table(plain, "plain")
+    assert "| marked | 6 | 100 % | 100.0 | 0.0 | 0.0 |" in table
+    share = overlay_share(marked_items)
+    assert share["with_overlays"] == 6 and share["per_class"] == {0: 0.0, 1: 1.0}
+
+
+def test_overlay_probabilities():
+    assert overlay_probabilities(4, 1.0) == [0.0, 1.0, 0.0, 1.0]
+    assert overlay_probabilities(3, 0.5, marked=[0]) == [0.75, 0.25, 0.25]
+    with pytest.raises(ValueError, match=r"strength must be in \[0, 1\]"):
+        overlay_probabilities(3, 1.5)
+    with pytest.raises(ValueError, match="not class indices"):
+        overlay_probabilities(3, 0.5, marked=[3])
+
+
+def test_shortcuts_command_trains_both_arms_and_audits(tmp_path, capsys):
+    assert main(["phantom", "--out", str(tmp_path / "ph"), "--head-count", "6", "--imbalance-ratio", "2", "--image-size", "64",
+                 "--overlay-strength", "1"]) == 0
+    out = tmp_path / "sc"
+    assert main(["shortcuts", str(tmp_path / "ph"), "--train-epochs", "1", "--out", str(out), "--image-size", "32",
+                 "--batch-size", "8"]) == 0
+    report = json.loads((out / "shortcuts_report.json").read_text())
+    assert set(report["arms"]) == {"plain", "masked"}
+    for arm in report["arms"].values():
+        assert set(arm["overall"]["balanced_accuracy"]) == {"as_is", "masked", "swapped"}
+    assert "acc. swapped" in capsys.readouterr().out
+    assert main(["shortcuts", str(tmp_path / "ph"), "--out", str(out)]) == 2  # neither a classifier nor training
+    assert "give either --classifier" in capsys.readouterr().err
