@@ -196,3 +196,16 @@ def test_external_test_set_errors(tiny_phantom, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"4 test image\(s\) missing, first: .*missing0.png"):
         prepare_external_test(gone, ok, classes, tmp_path / "x")
     assert doc["test"]
+
+
+def test_plateau_rule():
+    import numpy as np
+
+    from monai_breastlt.bench.lt_stats import has_plateaued
+
+    rng = np.random.default_rng(0)
+    rising = list(np.linspace(0.2, 0.6, 40) + rng.normal(0, 0.01, 40))
+    flat_noisy = list(0.4 + rng.normal(0, 0.05, 40))
+    assert has_plateaued(rising) is False and has_plateaued(flat_noisy) is True
+    assert has_plateaued([0.1, 0.5, 0.4, 0.45, 0.42, 0.44, 0.43, 0.41, 0.44, 0.42]) is True
+    assert has_plateaued([0.1, 0.2, 0.3]) is None

@@ -12,17 +12,21 @@ import numpy as np
 __all__ = ["bootstrap_difference", "group_reading", "has_plateaued", "read_predictions", "read_probabilities"]
 
 
-def has_plateaued(values: Sequence[float], tail: float = 0.25, tolerance: float = 0.005) -> bool | None:
-    """Whether a validation curve had stopped rising: the best moving average (window: a tenth of the curve, at least
-    3 readings) over its last ``tail`` fraction is at most ``tolerance`` above the best before it. ``None`` for curves
+def has_plateaued(values: Sequence[float], tail: float = 0.5, z: float = 1.645) -> bool | None:
+    """Whether a validation curve had stopped rising: over its last ``tail`` fraction, the least-squares slope is not
+    significantly positive (its t statistic below ``z``, a one-sided 5 % test). Readings with 2-6 images per tail class
+    swing by several points, so a single higher reading late in training is not counted as a rise. ``None`` for curves
     too short to judge (fewer than 8 readings)."""
     v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=float)
     if len(v) < 8:
         return None
-    w = max(3, len(v) // 10)
-    smooth = np.convolve(v, np.ones(w) / w, mode="valid")
-    cut = int(round(len(smooth) * (1 - tail)))
-    return bool(smooth[cut:].max() <= smooth[:cut].max() + tolerance)
+    y = v[int(round(len(v) * (1 - tail))):]
+    x = np.arange(len(y), dtype=float)
+    x -= x.mean()
+    slope = float((x * (y - y.mean())).sum() / (x * x).sum())
+    resid = y - y.mean() - slope * x
+    se = math.sqrt(float((resid * resid).sum()) / max(len(y) - 2, 1) / float((x * x).sum()))
+    return bool(slope <= 0 or (se > 0 and slope / se < z))
 
 
 def read_predictions(path: str | os.PathLike, classes: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray]:

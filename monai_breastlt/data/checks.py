@@ -25,6 +25,7 @@ __all__ = ["inspect_image", "check_image_files", "find_leakage", "warn_leakage",
 FILE_KEYS = ("image", "mask", "sketch")
 _PIL_FORMATS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 _ITK_FORMATS = (".nrrd", ".mha", ".mhd")
+_DICOM_FORMATS = (".dcm", ".dicom")
 MAX_ASPECT = 20.0  # a wider (or taller) image is a strip, not a scan: warned
 LISTED = 20  # bad files named in an error message; every one is logged when there are more
 
@@ -111,6 +112,16 @@ def _itk_header(path: str) -> tuple[tuple[int, ...], str | None]:
     return tuple(reversed(dims)), None  # ITK lists x first
 
 
+def _dicom_header(path: str) -> tuple[tuple[int, ...], str | None]:
+    from monai_breastlt.transforms.io import dicom_header  # ITK: slow to import, only for DICOM
+
+    try:
+        h = dicom_header(path)
+    except (ValueError, RuntimeError) as e:
+        return (), str(e).split(": ", 1)[-1] if str(e).startswith(path) else str(e)
+    return (h["rows"], h["columns"]), None  # a multi-frame file: one 2D frame per entry
+
+
 def _prod(shape: Sequence[int]) -> int:
     out = 1
     for s in shape:
@@ -139,8 +150,11 @@ def inspect_image(path: str | os.PathLike) -> tuple[tuple[int, ...], str | None]
         shape, problem = _nifti_header(path)
     elif ext in _ITK_FORMATS:
         shape, problem = _itk_header(path)
+    elif ext in _DICOM_FORMATS:
+        shape, problem = _dicom_header(path)
     else:
-        return (), f"extension '{ext}' is not a readable image format ({', '.join(_PIL_FORMATS + ('.nii', '.nii.gz') + _ITK_FORMATS)})"
+        known = _PIL_FORMATS + (".nii", ".nii.gz") + _ITK_FORMATS + _DICOM_FORMATS
+        return (), f"extension '{ext}' is not a readable image format ({', '.join(known)})"
     if problem is None and sum(s > 1 for s in shape) > 2:
         problem = f"a volume of shape {shape}, not a 2D image; give one 2D slice per entry"
     return shape, problem
