@@ -78,8 +78,9 @@ def judge_network(num_classes: int) -> torch.nn.Module:
 
     from monai_breastlt.workflows import default_bundles_dir
 
+    configs = default_bundles_dir() / "breastlt_synthesis" / "configs"
     parser = ConfigParser()
-    parser.read_config(str(default_bundles_dir() / "breastlt_synthesis" / "configs" / "audit.yaml"))
+    parser.read_config([str(configs / "common.yaml"), str(configs / "audit.yaml")])  # audit.yaml extends common.yaml
     parser["num_classes"] = int(num_classes)
     return parser.get_parsed_content("classifier_def")
 
