@@ -426,8 +426,7 @@ class LongTailBenchmark:
         """Train (or resume) and test one arm/seed; returns its test report."""
         opts, rdir = self.options[arm], self.run_dir(arm, seed)
         report_path = rdir / "test_report.json"
-        source = opts["stage1"] if "posthoc_tau" in opts else arm
-        if not self._trained(source, seed) or (opts.get("crt") and not self._trained(opts["stage1"], seed)):
+        if not self._trained(self._model_arm(arm), seed) or (opts.get("crt") and not self._trained(opts["stage1"], seed)):
             report_path.unlink(missing_ok=True)
             for old in (rdir / "external").glob("*/*") if (rdir / "external").is_dir() else []:
                 old.unlink()
@@ -446,14 +445,17 @@ class LongTailBenchmark:
             self._test_external(arm, seed, name, folder)
         return read_json(report_path)
 
+    def _model_arm(self, arm: str) -> str:
+        """The arm whose trained model this arm tests: its stage 1 for a post-hoc adjustment, else itself."""
+        opts = self.options[arm]
+        return opts["stage1"] if "posthoc_tau" in opts else arm
+
     def _test_external(self, arm: str, seed: int, name: str, folder: Path) -> None:
         """Score the arm's model on another test set: subtype figures on its mapped images, class probabilities of
         every grouped image (for the malignancy reading)."""
-        opts, rdir = self.options[arm], self.run_dir(arm, seed)
-        out = rdir / "external" / name
-        model_dir = self.run_dir(opts["stage1"], seed) / "models" if "posthoc_tau" in opts else rdir / "models"
-        common = {**self._common(opts.get("stage1", arm) if "posthoc_tau" in opts else arm, seed), "output_dir": str(out),
-                  "ckpt_dir": str(model_dir)}
+        opts, source = self.options[arm], self._model_arm(arm)
+        out = self.run_dir(arm, seed) / "external" / name
+        common = {**self._common(source, seed), "output_dir": str(out), "ckpt_dir": str(self.run_dir(source, seed) / "models")}
         tau = {"posthoc_tau": opts["posthoc_tau"]} if "posthoc_tau" in opts else {}
         if (folder / "datalist.json").is_file() and not (out / "test_report.json").is_file():
             run_bundle(self.cls, ["train.yaml", "evaluate.yaml"], workflow_type="infer", test_datalist=str(folder / "datalist.json"),
@@ -487,8 +489,7 @@ class LongTailBenchmark:
     def _run_record(self, arm: str, seed: int, report: dict) -> dict:
         """One row of ``runs.csv``: test figures, whether validation had stopped rising, decisions and PPO updates; for
         a cRT or post-hoc arm these come from the training of its stage-1 model (a cRT stage adds its seconds)."""
-        opts = self.options[arm]
-        source = opts.get("stage1", arm)
+        source = self.options[arm].get("stage1", arm)
         trained, src = self.run_dir(source, seed), self.options[source]
         val = read_json(trained / "val_report.json") if (trained / "val_report.json").is_file() else {}
         curve = [r.get("macro_f1") for r in val.get("val_history", [])]
@@ -505,7 +506,9 @@ class LongTailBenchmark:
         runs = []
         for seed in self.seeds:
             for arm in self.arms:
-                runs.append(self._run_record(arm, seed, self.run_one(arm, seed)))
+                runs.append(record := self._run_record(arm, seed, self.run_one(arm, seed)))
+                self.log(f"bench lt: {arm} seed {seed}: test macro-F1 {100 * record['macro_f1']:.1f}, {record['validations']} validations "
+                         f"(stopped rising: {record['plateaued']}), policy decisions {record['decisions']}, PPO updates {record['ppo_updates']}")
         rows = summarize_runs(runs, self.arms)
         comparisons = [c for c in (self.compare(rows, m) for m in self.arms if self.options[m]["base"] in SYNTHETIC_ARMS) if c]
         self.write_results(runs, rows, comparisons, time.time() - start)
