@@ -127,7 +127,8 @@ def format_markdown(rows: Sequence[dict], comparisons: Sequence[dict] = ()) -> s
     lines = ["| arm | seeds | " + " | ".join(c for _, c in cols) + " | val. plateaued | decisions / PPO updates |",
              "|---|---|" + "---|" * len(cols) + "---|---|"]
     for r in rows:
-        counts = "-" if not r.get("decisions") or math.isnan(r["decisions"]) else f"{r['decisions']:.0f} / {r['ppo_updates']:.0f}"
+        decisions, updates = r.get("decisions"), r.get("ppo_updates")
+        counts = "-" if decisions is None or math.isnan(decisions) else f"{decisions:.0f} / " + ("-" if updates is None or math.isnan(updates) else f"{updates:.0f}")
         lines.append(f"| {r['arm']} | {r['seeds']} | " + " | ".join(_fmt(r[f'{m}_mean'], r[f'{m}_std']) for m, _ in cols)
                      + f" | {r.get('plateaued', 'n/a')} | {counts} |")
     if comparisons:
