@@ -50,3 +50,16 @@ def test_executed_config_path_reads_both_forms_of_output_dir(tmp_path):
     # MONAI resolves `<output_dir> + '/config_<time>.json'` to a literal string when output_dir is a plain path
     assert executed_config_path("runs/cls + '/config_20240101_120000.json'") == "runs/cls/config_20240101_120000.json"
     assert executed_config_path(str(tmp_path / "outputs/config_1.json")) == str(tmp_path / "outputs/config_1.json")  # an expression's result
+
+
+def test_monai_default_tracking_logs_the_executed_config_with_a_plain_output_dir(tiny_phantom, tmp_path):
+    # `--tracking mlflow` (MONAI's own settings) loses the path of the executed config it writes when output_dir is a
+    # plain path; the report handler logs the newest config_*.json of output_dir instead
+    out = tmp_path / "cls"
+    run_bundle(CLS, ["train.yaml"], tracking="mlflow", tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}",
+               dataset_dir=str(tiny_phantom.parent), output_dir=str(out), max_epochs=1, image_size=32, batch_size=8,
+               policy_name="none")
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    logged = [a.path for r in runs for a in client.list_artifacts(r.info.run_id) if a.path.startswith("config_")]
+    assert len(logged) == 1 and (out / logged[0]).is_file()

@@ -115,6 +115,14 @@ class ValidationHistory:
         self.rows[:] = state.get("rows", [])
 
 
+def _newest_match(path: Path) -> Path | None:
+    """``path`` itself, or for a name with ``*`` the newest file it matches (``None`` when none does)."""
+    if "*" not in path.name:
+        return path
+    found = [p for p in path.parent.glob(path.name) if p.is_file()]
+    return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
+
+
 class LongTailReportHandler:
     """
     When the engine completes, write ``<output_dir>/<prefix>report.json`` (the evaluator's long-tail report, with the
@@ -133,7 +141,8 @@ class LongTailReportHandler:
         metric_name: the ``LongTailMetric`` name.
         prefix: file name prefix (e.g. ``"test_"``).
         extra_artifacts: further files or folders to log (e.g. the checkpoint, the pool's sample grid); missing
-            ones are skipped.
+            ones are skipped. A name with ``*`` logs the newest file it matches (e.g. ``OUT/config_*.json``: the
+            executed config that MONAI's tracking writes, whose own artifact path is lost with a plain ``--output_dir``).
         params: run parameters to log (e.g. the policy and sampler settings of the bundle config).
     """
 
@@ -177,7 +186,7 @@ class LongTailReportHandler:
         self._log_artifacts(engine)
 
     def _log_artifacts(self, engine: Engine) -> None:
-        paths = self.files + [p for p in self.extra_artifacts if p.exists()]
+        paths = self.files + [p for p in map(_newest_match, self.extra_artifacts) if p is not None and p.exists()]
         try:
             handler = next(
                 (getattr(h, "__self__", h) for h, *_ in engine._event_handlers.get(Events.COMPLETED, [])
