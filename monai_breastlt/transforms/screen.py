@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.config.type_definitions import NdarrayOrTensor
 from monai.data.meta_obj import get_track_meta
+from monai.data.meta_tensor import MetaTensor
 from monai.transforms import MapTransform, SpatialCrop, Transform
 from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor
 from scipy import ndimage
@@ -36,8 +37,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 OVERLAY_KEY = "overlay"  # the item field that MaskOverlaysd writes the overlay mask to
-_AROUND = tuple((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx)  # the 8-neighbourhood
-_OFFSETS = np.array([(0, 0), *_AROUND])
 
 
 def _grey_and_colour(img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -166,159 +165,359 @@ class CropScanAread(MapTransform):
         return d
 
 
+
+
+
+STROKE, TALL, CROSS = 0, 1, 2  # the kinds of candidate points of DetectOverlays
+# Hot-path note: marks are looked for in every image a pipeline loads, so the code below sticks to ufuncs, their
+# reduce methods and indexing: numpy's Python-level wrappers (ndarray.max/sum/any, np.clip, np.unique) and scipy's
+# label each cost more, run once per image between other transforms, than the arithmetic itself.
+_max, _add, _all, _any = np.maximum.reduce, np.add.reduce, np.logical_and.reduce, np.logical_or.reduce
+
+
+def _side_max(g: np.ndarray, d: int, edge: int) -> np.ndarray:
+    """The brighter of the two pixels ``d`` columns left and right of each pixel of a contiguous image; infinite in
+    the ``edge`` columns at the left and right edges (no stroke is found there). Computed on the flattened image,
+    which is faster; the pixels that wrap around a row end are edge ones."""
+    h, w = g.shape
+    side = np.empty(h * w, g.dtype)
+    gf = g.ravel()
+    np.maximum(gf[: -2 * d], gf[2 * d :], out=side[d:-d])
+    side = side.reshape(h, w)
+    side[:, :edge] = side[:, w - edge :] = np.inf
+    return side
+
+
+def _cross_offsets(d: int, w: int) -> np.ndarray:
+    """Flat offsets ``(arm pixels, 3)`` from a + centre of its arm pixels (but the left one, tested first, and the
+    upper arm) and of their two neighbours ``d`` away across the arm, in an image ``w`` wide."""
+    out = []
+    for dy, dx in ((0, d), (0, -d - 1), (0, d + 1), (d, 0), (d + 1, 0)):
+        across = ((-d, 0), (d, 0)) if dy == 0 else ((0, -d), (0, d))
+        out.append([dy * w + dx] + [(dy + ay) * w + dx + ax for ay, ax in across])
+    return np.array(out)
+
+
+def _crosses(g: np.ndarray, tops: np.ndarray, contrast: float, d: int) -> np.ndarray:
+    """The centres (flat indices) of ``+`` marks among the points ``d + 1`` rows below the tops (flat indices) of
+    vertical strokes two pixels high (the upper arm, ``d + 1`` and ``d`` pixels above the centre): the arms below,
+    left and right of the centre are thin strokes too, at ``d`` and ``d + 1`` pixels from it, each arm pixel brighter
+    by ``contrast`` than the brighter of its two neighbours ``d`` pixels away across the arm. One arm pixel is tested
+    on every point, the others in one gather on the few points left. The tops are at least ``2 * d + 2`` columns from
+    the left and right edges; centres closer than that to the top and bottom edges are not tested."""
+    h, w = g.shape
+    m = 2 * d + 2
+    flat = tops + (d + 1) * w
+    flat = flat[(flat >= m * w) & (flat < (h - m) * w)]
+    gf = g.ravel()
+    left = flat - d
+    flat = flat[gf[left] - np.maximum(gf[left - d * w], gf[left + d * w]) > contrast]
+    v = gf[flat[:, None, None] + _cross_offsets(d, w)[None]]
+    return flat[_all(v[..., 0] - np.maximum(v[..., 1], v[..., 2]) > contrast, axis=1)]
+
+
+def _grow(m: np.ndarray) -> np.ndarray:
+    """Binary dilation by one pixel, diagonals included (anti-aliased glyph edges), by shifted ORs."""
+    out = m.copy()
+    out[1:] |= m[:-1]
+    out[:-1] |= m[1:]
+    row = out.copy()
+    out[:, 1:] |= row[:, :-1]
+    out[:, :-1] |= row[:, 1:]
+    return out
+
+
+def _run_ids(index: np.ndarray, gap: int) -> np.ndarray:
+    """For sorted indices, the number of the run each belongs to (runs: steps of at most ``gap``)."""
+    ids = np.zeros(len(index), np.intp)
+    ids[1:] = np.add.accumulate(index[1:] - index[:-1] > gap)
+    return ids
+
+
+def _dotted_line(g: np.ndarray, a: tuple[int, int], b: tuple[int, int], d: int) -> tuple[float, np.ndarray, np.ndarray]:
+    """The share of the points between ``a`` and ``b`` (4 pixels off each end) that are brighter than both pixels
+    ``d`` away across the line, on the best of the lines shifted by -1, 0 and 1 pixel across; and that line's pixels
+    (all of it in the image)."""
+    h, w = g.shape
+    (ya, xa), (yb, xb) = a, b
+    length = float(np.hypot(yb - ya, xb - xa))
+    t = np.arange(4, max(int(length) - 3, 5)) / length
+    ny, nx = (xb - xa) / length, -(yb - ya) / length  # the unit normal
+    across = np.array([-1, 0, 1])[:, None, None] + np.array([0, d, -d])[None, :, None]  # (shift, sample, 1)
+    py = np.minimum(np.maximum(np.rint(ya + t * (yb - ya) + across * ny), 0), h - 1).astype(np.intp)
+    px = np.minimum(np.maximum(np.rint(xa + t * (xb - xa) + across * nx), 0), w - 1).astype(np.intp)
+    v = g[py, px]  # (shift, sample, points)
+    shares = _add(v[:, 0] > np.maximum(v[:, 1], v[:, 2]), axis=1) / len(t)
+    best = int(shares.argmax())
+    return float(shares[best]), py[best, 0], px[best, 0]
+
+
 class DetectOverlays(Transform):
     """
-    Find what a scanner burns into an ultrasound image: calipers, dotted measurement lines, annotation text (thin glyphs
-    at the display's maximum brightness) and coloured marks (saturated colour on a grey scan).
+    Find what a scanner burns into an ultrasound image: calipers (``+`` marks and the dotted lines between them),
+    annotation text and coloured marks (saturated colour on a grey scan).
 
-    Glyphs are 8-connected groups of pixels within ``bright`` of the image maximum that are large and long enough
-    (speckle clips to white only in small grains), thin (at most ``thin`` of their pixels have 8 white neighbours: a
-    band of bright tissue is wider) and brighter than the rest of their bounding box by ``contrast``. White pixels
-    are few, so the groups are measured on their coordinates rather than over the image. Colour marks are pixels
-    whose saturation exceeds ``saturation``, as long as they cover less than ``max_colour`` of the image (more is a
-    colour Doppler or tinted scan, which :func:`scan_flags` reports, not a mark); a scan stored as three equal
-    channels is grey. Sizes scale with the image's shorter side (given for 128 px).
+    Public scans are often resampled after the marks were burnt in, so the marks are blurred below the display's
+    white, and bright tissue (specular lines, cyst walls) can be as bright. What sets a mark apart at these
+    resolutions is its shape: thin strokes that stand out from a smooth neighbourhood, and among them vertical ones,
+    which tissue seldom makes (ultrasound blurs structures sideways, so bright tissue runs horizontally). So:
+
+    - candidates are *vertical strokes*: pixels brighter by ``contrast`` than both pixels ``width // 2 + 1`` columns
+      to their left and right (or at white, ``white``, between pixels that are not), over ``height`` rows or more,
+      and the centres of ``+`` marks (thin arms up, down, left and right, brighter by ``cross_contrast``);
+    - candidates in touching cells of 8 pixels form a group (a caliper with its number, a word);
+    - a group is a mark when it holds a ``+`` or a stroke ``min_stroke`` pixels tall, or three candidates or more (two
+      at white) in different columns (glyphs); when it stands out from its box (its extent, ``min_stroke`` pixels
+      below, and 4 pixels around) by ``group_contrast`` (the candidates' mean over the box mean; half of it for a
+      ``+`` or at white); and when its bright pixels (brighter than the midpoint of the two means; at white: at
+      white) cover at most ``dense`` of the box (more is a blob or band of tissue);
+    - the mark is those bright pixels; marks on the same rows less than 4 cells apart are a line of text, and the
+      bright pixels between them belong to it; two ``+`` marks joined by a dotted line (at least ``dotted`` of the
+      points between them brighter than the pixels beside the line) get the line too.
+
+    Coloured marks are pixels whose saturation exceeds ``saturation``, as long as they cover less than ``max_colour``
+    of the image (more is a colour Doppler or tinted scan, which :func:`scan_flags` reports, not a mark); a scan
+    stored as three equal channels is grey. Contrasts are relative to the image maximum. Most images hold few
+    candidates: after one pass over the image, everything runs on candidate coordinates and small boxes.
 
     Args:
-        bright: the least intensity of a glyph pixel, relative to the image maximum.
-        contrast: the least mean difference between a glyph and the rest of its bounding box (relative intensity).
-        min_area: the least glyph size in pixels at 128 px (scaled with the image area).
-        min_length: the least extent of a glyph along rows or columns, in pixels at 128 px.
-        thin: the largest share of a glyph's pixels whose 8 neighbours are all white (what a 3 x 3 erosion keeps).
+        contrast: the least brightness of a stroke over the pixels on its both sides (relative intensity).
+        white: strokes at the display's white: at least this (relative) between pixels that are not; ``None``: off.
+        width: the widest vertical stroke in pixels.
+        height: the least height of a vertical stroke in pixels.
+        min_stroke: the height of a stroke that is a mark on its own (a caliper's arm, a letter's stem).
+        cross_contrast: the least brightness of a ``+`` mark's arms over the pixels beside them.
+        group_contrast: the least difference between a mark's mean and its box's mean.
+        dense: the largest share of its box that a mark's bright pixels cover.
+        dotted: the least share of bright points on the line between two ``+`` marks that makes it a dotted line;
+            ``None``: no dotted lines.
         saturation: the least saturation ``(max - min) / max`` over the colour channels of a coloured mark.
         max_colour: the largest image share of coloured pixels that are treated as marks.
         dilate: grow the mask by this many pixels, diagonals included (anti-aliased glyph edges).
     """
 
     backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+    cell = 8  # candidates in touching cells of this side (pixels) are one group
+    pad = 4  # a mark's box reaches this many pixels around its candidates
 
-    def __init__(self, bright: float = 0.98, contrast: float = 0.2, min_area: float = 10.0, min_length: float = 6.0,
-                 thin: float = 0.4, saturation: float = 0.35, max_colour: float = 0.05, dilate: int = 1) -> None:
-        self.bright, self.contrast = bright, contrast
-        self.min_area, self.min_length, self.thin = min_area, min_length, thin
+    def __init__(self, contrast: float = 0.12, white: float | None = 0.98, width: int = 3, height: int = 3,
+                 min_stroke: int = 5, cross_contrast: float = 0.08, group_contrast: float = 0.2, dense: float = 0.3,
+                 dotted: float | None = 0.8, saturation: float = 0.35, max_colour: float = 0.05, dilate: int = 1) -> None:
+        if width < 1 or not 3 <= height <= min_stroke:
+            raise ValueError(f"width must be at least 1 and 3 <= height <= min_stroke, got {width}, {height}, {min_stroke}.")
+        self.contrast, self.white, self.side = contrast, white, width // 2 + 1
+        self.height, self.min_stroke, self.cross_contrast = height, min_stroke, cross_contrast
+        self.group_contrast, self.dense, self.dotted = group_contrast, dense, dotted
         self.saturation, self.max_colour, self.dilate = saturation, max_colour, dilate
 
-    def _glyphs(self, g: np.ndarray) -> np.ndarray:
-        """The glyph mask ``(H, W)`` of a grey image."""
-        out = np.zeros(g.shape, bool)
-        top = g.max()
-        scale = min(g.shape) / 128
-        min_area, min_length = self.min_area * scale**2, self.min_length * scale
-        sat = g >= self.bright * top
-        if np.count_nonzero(sat) < min_area:  # nothing white enough
-            return out
-        lab, n = ndimage.label(sat, structure=np.ones((3, 3), bool))
-        ys, xs = np.divmod(np.flatnonzero(sat), sat.shape[1])  # white pixels are few: groups are measured on them
-        labels = lab[ys, xs]
-        area = np.bincount(labels, minlength=n + 1)
-        big = area >= min_area
-        big[0] = False
-        if not big.any():
-            return out
-        order = np.argsort(labels, kind="stable")
-        starts = np.searchsorted(labels[order], np.arange(n + 1))[1:]  # group k's first position in `order`
-        top_row, bottom_row = np.minimum.reduceat(ys[order], starts), np.maximum.reduceat(ys[order], starts)
-        left_col, right_col = np.minimum.reduceat(xs[order], starts), np.maximum.reduceat(xs[order], starts)
-        extent = np.maximum(bottom_row - top_row, right_col - left_col) + 1
-        # pixels whose 8 neighbours are all white: a stroke has few, a band of bright tissue many
-        padded = np.pad(sat, 1)
-        solid = np.ones(len(ys), bool)
-        for dy, dx in _AROUND:
-            solid &= padded[ys + 1 + dy, xs + 1 + dx]
-        solid_count = np.bincount(labels[solid], minlength=n + 1)
-        keep = big & (np.r_[0, extent] >= min_length) & (solid_count <= self.thin * area)
-        # the few candidates left: brighter than the rest of their bounding box?
-        candidates = np.nonzero(keep)[0]
-        own_sum = np.bincount(labels, weights=g[ys, xs], minlength=n + 1)[candidates]
-        box_sum = np.array([g[top_row[i - 1] : bottom_row[i - 1] + 1, left_col[i - 1] : right_col[i - 1] + 1].sum() for i in candidates])
-        box_area = (bottom_row - top_row + 1)[candidates - 1] * (right_col - left_col + 1)[candidates - 1]
-        rest = box_area - area[candidates]
-        dimmer = (rest > 0) & (own_sum / area[candidates] - (box_sum - own_sum) / np.maximum(rest, 1) < self.contrast * top)
-        keep[candidates[dimmer]] = False
-        if not keep.any():
-            return out
-        own = keep[labels]
-        ys, xs = ys[own], xs[own]
-        for _ in range(self.dilate):  # grow over the anti-aliased edge: the 8 neighbours of every glyph pixel
-            ys = np.clip((ys[:, None] + _OFFSETS[:, 0]).ravel(), 0, g.shape[0] - 1)
-            xs = np.clip((xs[:, None] + _OFFSETS[:, 1]).ravel(), 0, g.shape[1] - 1)
-        out[ys, xs] = True
+    def _candidates(self, g: np.ndarray, top: float) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """Vertical stroke points (the top of each ``height`` run) and ``+`` centres: ``(ys, xs, kind)``, kind one of
+        ``STROKE``, ``TALL`` (``min_stroke`` high) and ``CROSS``; ``None`` when no group of them can be a mark (the
+        common case). One pass over the image finds the strokes two pixels high; the rest runs on their coordinates."""
+        h, w = g.shape
+        d = self.side
+        # none within 2 d + 2 columns of the left and right edges: frames and cut borders are not marks
+        side = _side_max(g, d, 2 * d + 2)
+        stroke = g > side + self.contrast * top
+        if self.white is not None:
+            stroke |= (g >= self.white * top) & (side < self.white * top)
+        tops = (stroke[:-1] & stroke[1:]).ravel().nonzero()[0]  # the tops (flat) of strokes two pixels high
+        below = stroke.ravel()[np.minimum(tops[:, None] + w * np.arange(2, self.min_stroke), h * w - 1)]
+        run, tall = _all(below[:, : self.height - 2], axis=1), _all(below, axis=1)  # height, min_stroke pixels high
+        crosses = _crosses(g, tops[~tall], self.cross_contrast * top, d)  # a tall stroke is a mark already
+        if len(crosses) == 0 and not _any(tall) and np.count_nonzero(run) < 2:
+            return None
+        ys, xs = np.divmod(np.concatenate((tops[run], crosses)), w)
+        return ys, xs, np.concatenate((tall[run].astype(np.int8), np.zeros(len(crosses), np.int8) + CROSS))
+
+    def _groups(self, g: np.ndarray, top: float, ys: np.ndarray, xs: np.ndarray, kind: np.ndarray) -> list[tuple]:
+        """The groups of candidates (touching cells: runs of occupied cell rows, then runs of occupied columns in
+        them) with the evidence of a mark, each ``(top, bottom, left, right, level, what, centre)``: its candidates'
+        extent and mean, ``CROSS`` if it holds a +, ``TALL`` if at white, else ``STROKE``, and its + centre."""
+        c = self.cell
+        cy, cx = ys // c, xs // c
+        ncol = g.shape[1] // c + 3  # spare columns: keys of two bands are never one column apart
+        occupied = np.zeros(g.shape[0] // c + 1, bool)
+        occupied[cy] = True
+        rows = occupied.nonzero()[0]
+        band = np.zeros(len(occupied), np.intp)
+        band[rows] = _run_ids(rows, 1)
+        key = band[cy] * ncol + cx
+        cells = np.zeros((int(band[rows[-1]]) + 1) * ncol, bool)
+        cells[key] = True
+        keys = cells.nonzero()[0]
+        lookup = np.zeros(len(cells), np.intp)
+        lookup[keys] = _run_ids(keys, 1)
+        group = lookup[key]
+        n = int(lookup[keys[-1]]) + 1
+        count, is_cross = np.bincount(group, minlength=n), kind == CROSS
+        level = np.bincount(group, weights=g[ys, xs], minlength=n) / count
+        crosses = np.bincount(group, weights=is_cross, minlength=n)
+        centre_y = np.bincount(group, weights=ys * is_cross, minlength=n) / np.maximum(crosses, 1)
+        centre_x = np.bincount(group, weights=xs * is_cross, minlength=n) / np.maximum(crosses, 1)
+        extent = np.zeros((4, n), np.intp)
+        extent[0], extent[2] = g.shape
+        np.minimum.at(extent[0], group, ys)
+        np.maximum.at(extent[1], group, ys)
+        np.minimum.at(extent[2], group, xs)
+        np.maximum.at(extent[3], group, xs)
+        at_white = level >= (self.white if self.white is not None else np.inf) * top
+        strong = np.bincount(group, weights=kind != STROKE, minlength=n) > 0
+        glyphs = (count >= np.where(at_white, 2, 3)) & (extent[3] - extent[2] >= 2)
+        what = np.where(crosses > 0, CROSS, np.where(at_white, TALL, STROKE))
+        keep = (strong | glyphs).nonzero()[0]
+        return list(zip(*extent[:, keep].tolist(), level[keep].tolist(), what[keep].tolist(),
+                        zip(centre_y[keep].astype(int).tolist(), centre_x[keep].astype(int).tolist())))
+
+    def marks(self, g: np.ndarray) -> list[tuple[int, int, int, int, np.ndarray]]:
+        """The marks of a contiguous grey image ``(H, W)``, each ``(top, bottom, left, right, pixels)``: a box and the
+        mark's pixels in it (the steps of the class docstring; not grown by ``dilate``)."""
+        h, w = g.shape
+        top = float(_max(g, axis=None))
+        if top <= 0 or min(h, w) < 6 * self.side + 2 * self.pad:
+            return []
+        found = self._candidates(g, top)
+        if found is None:
+            return []
+        white = self.white * top if self.white is not None else np.inf
+        marks, centres = [], []
+        for y0, y1, x0, x1, level, what, centre in self._groups(g, top, *found):
+            y0, y1 = max(y0 - self.pad, 0), min(y1 + self.min_stroke + self.pad, h)
+            x0, x1 = max(x0 - self.pad, 0), min(x1 + 1 + self.pad, w)
+            box = g[y0:y1, x0:x1]
+            mean = float(_add(box, axis=None)) / box.size
+            # + marks are marks by their shape, strokes at white by their colour: they need less contrast
+            if level - mean < (1.0 if what == STROKE else 0.5) * self.group_contrast * top:
+                continue
+            threshold = white if level >= white else 0.5 * (level + mean)
+            bright = box >= threshold
+            if np.count_nonzero(bright) > self.dense * bright.size:  # a blob or band of tissue, not strokes
+                continue
+            marks.append([y0, y1, x0, x1, threshold, bright])
+            if what == CROSS:
+                centres.append(centre)
+        return [(y0, y1, x0, x1, m) for y0, y1, x0, x1, _, m in marks + self._gaps(g, marks) + self._dotted_lines(g, centres)]
+
+    def _gaps(self, g: np.ndarray, marks: list[list]) -> list[list]:
+        """The bright pixels between marks on the same rows (overlapping by half the lower one) less than 4 cells
+        apart: the letters of a line of text between those found (the lower threshold of the two)."""
+        out = []
+        marks = sorted(marks, key=lambda m: m[2])
+        for i, a in enumerate(marks):
+            for b in marks[i + 1 :]:
+                if b[2] - a[3] >= 4 * self.cell:
+                    break
+                y0, y1 = max(a[0], b[0]), min(a[1], b[1])
+                if b[2] > a[3] and y1 - y0 >= 0.5 * min(a[1] - a[0], b[1] - b[0]):
+                    y0, y1 = min(a[0], b[0]), max(a[1], b[1])
+                    out.append([y0, y1, a[3], b[2], None, g[y0:y1, a[3] : b[2]] >= min(a[4], b[4])])
+                    break
         return out
 
-    def mask(self, img: NdarrayOrTensor) -> np.ndarray:
-        """The overlay mask ``(H, W)`` (bool numpy) of a channel-first image."""
+    def _dotted_lines(self, g: np.ndarray, centres: list[tuple[int, int]]) -> list[list]:
+        """The dotted lines between pairs of + marks at least 3 cells apart, as marks ``[top, bottom, left, right,
+        None, pixels]``."""
+        out = []
+        h, w = g.shape
+        for i, a in enumerate(centres if self.dotted is not None else []):
+            for b in centres[i + 1 :]:
+                if (a[0] - b[0]) ** 2 + (a[1] - b[1]) ** 2 >= (3 * self.cell) ** 2:
+                    share, py, px = _dotted_line(g, a, b, self.side)
+                    if share >= self.dotted:
+                        y0, x0 = max(int(py.min()) - 1, 0), max(int(px.min()) - 1, 0)
+                        m = np.zeros((min(int(py.max()) + 2, h) - y0, min(int(px.max()) + 2, w) - x0), bool)
+                        m[py - y0, px - x0] = True
+                        out.append([y0, y0 + m.shape[0], x0, x0 + m.shape[1], None, m])
+        return out
+
+    def find(self, img: NdarrayOrTensor) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
+        """The overlay mask ``(H, W)`` (bool numpy) of a channel-first image, grown by ``dilate``, and the boxes
+        ``(top, bottom, left, right)`` holding its marks (for :func:`inpaint`)."""
         x = convert_to_tensor(img, track_meta=False)
         x = x if x.dtype == torch.float32 else x.float()
         # grey scans saved as RGB (three equal channels) are grey: no averaging, no colour marks to look for
         colour = x.shape[0] >= 3 and not (torch.equal(x[0], x[1]) and torch.equal(x[1], x[2]))
-        mask = self._glyphs(x[:3].mean(0).numpy() if colour else x[0].numpy())
+        g = np.ascontiguousarray((x[:3].mean(0) if colour else x[0]).numpy())
+        mask = np.zeros(g.shape, bool)
+        boxes = []
+        for y0, y1, x0, x1, m in self.marks(g):
+            mask[y0:y1, x0:x1] |= m
+            boxes.append((y0, y1, x0, x1))
         if colour:
             _, sat = _grey_and_colour(x)
             marks = ((sat >= self.saturation) & (x[:3].amax(0) >= 0.2 * x.amax())).numpy()
-            if marks.mean() <= self.max_colour:
-                mask |= _dilate(marks, self.dilate) if self.dilate and marks.any() else marks
-        return mask
+            n = np.count_nonzero(marks)
+            if 0 < n <= self.max_colour * marks.size:
+                mask |= marks
+                rows, cols = _bbox(marks)
+                boxes.append((rows.start, rows.stop, cols.start, cols.stop))
+        if boxes:
+            for _ in range(self.dilate):
+                mask = _grow(mask)
+            e, (h, w) = self.dilate, mask.shape
+            boxes = [(max(y0 - e, 0), min(y1 + e, h), max(x0 - e, 0), min(x1 + e, w)) for y0, y1, x0, x1 in boxes]
+        return mask, boxes
+
+    def mask(self, img: NdarrayOrTensor) -> np.ndarray:
+        """The overlay mask ``(H, W)`` (bool numpy) of a channel-first image."""
+        return self.find(img)[0]
 
     def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
         """The overlay mask ``(1, H, W)`` (bool) of a channel-first image."""
         return convert_to_dst_type(torch.from_numpy(self.mask(img))[None], img, dtype=torch.bool)[0]
 
 
-def _bbox(mask: np.ndarray, pad: int = 0) -> tuple[slice, slice]:
-    rows, cols = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
-    return (slice(max(rows[0] - pad, 0), min(rows[-1] + pad + 1, mask.shape[0])),
-            slice(max(cols[0] - pad, 0), min(cols[-1] + pad + 1, mask.shape[1])))
+def _bbox(mask: np.ndarray) -> tuple[slice, slice]:
+    rows, cols = _any(mask, axis=1).nonzero()[0], _any(mask, axis=0).nonzero()[0]
+    return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
 
 
-def _dilate(mask: np.ndarray, pixels: int) -> np.ndarray:
-    """Binary dilation (8-neighbourhood) computed over the mask's bounding box only (overlays are small)."""
-    out = mask.copy()
-    sl = _bbox(mask, pixels)
-    out[sl] = ndimage.binary_dilation(mask[sl], structure=np.ones((3, 3), bool), iterations=pixels)
-    return out
+def _mark_boxes(m: np.ndarray, margin: int) -> list[tuple[int, int, int, int]]:
+    """Boxes ``(top, bottom, left, right)`` around the clusters of a mask (runs of rows, then of columns, less than
+    ``2 * margin + 1`` apart), widened by ``margin`` pixels."""
+    h, w = m.shape
+    gap, boxes = 2 * margin + 1, []
+    rows = _any(m, axis=1).nonzero()[0]
+    for band in np.split(rows, (_run_ids(rows, gap)[1:] != _run_ids(rows, gap)[:-1]).nonzero()[0] + 1) if len(rows) else []:
+        y0, y1 = max(int(band[0]) - margin, 0), min(int(band[-1]) + margin + 1, h)
+        cols = _any(m[y0:y1], axis=0).nonzero()[0]
+        for run in np.split(cols, (cols[1:] - cols[:-1] > gap).nonzero()[0] + 1):
+            boxes.append((y0, y1, max(int(run[0]) - margin, 0), min(int(run[-1]) + margin + 1, w)))
+    return boxes
 
 
-def _fill(x: np.ndarray, mask: np.ndarray, todo: np.ndarray, radius: int) -> None:
-    """Fill ``x`` (``(C, H, W)``, in place) at ``todo`` with the mean of the pixels outside ``mask`` in a window around
-    each, over ``todo``'s bounding box; the window doubles for pixels that have none."""
-    while todo.any():
-        rows, cols = np.nonzero(todo.any(1))[0], np.nonzero(todo.any(0))[0]
-        y0, y1 = max(rows[0] - radius, 0), min(rows[-1] + radius + 1, mask.shape[0])
-        x0, x1 = max(cols[0] - radius, 0), min(cols[-1] + radius + 1, mask.shape[1])
-        known = (~mask[y0:y1, x0:x1]).astype(np.float32)
-        den = ndimage.uniform_filter(known, 2 * radius + 1, mode="constant")
-        fill = todo[y0:y1, x0:x1] & (den > 0)
-        for c in range(x.shape[0]):
-            num = ndimage.uniform_filter(x[c, y0:y1, x0:x1] * known, 2 * radius + 1, mode="constant")
-            x[c, y0:y1, x0:x1][fill] = num[fill] / den[fill]
-        todo[y0:y1, x0:x1] &= ~fill
-        radius *= 2
+def inpaint(img: NdarrayOrTensor, mask: NdarrayOrTensor, margin: int = 3,
+            boxes: Sequence[tuple[int, int, int, int]] | None = None) -> NdarrayOrTensor:
+    """Fill the masked pixels of a channel-first image from the unmasked pixels around them.
 
-
-def inpaint(img: NdarrayOrTensor, mask: NdarrayOrTensor, radius: int = 3) -> NdarrayOrTensor:
-    """Fill the masked pixels of a channel-first image with the mean of the unmasked pixels around them.
-
-    A normalised box filter of side ``2 * radius + 1`` over the bounding box of each band of rows holding marks,
-    widened until every masked pixel has unmasked neighbours.
+    Marks are small and few: in each box around a cluster of them, the masked pixels take the mean of the box's
+    unmasked pixels (per channel; the mean of all unmasked pixels for a box that has none).
 
     Args:
         img: ``(C, H, W)``.
         mask: ``(1, H, W)`` or ``(H, W)``, true where pixels are replaced.
-        radius: the first window radius in pixels.
+        margin: how far beyond the marks the boxes reach, in pixels, when they are found here.
+        boxes: the boxes ``(top, bottom, left, right)``, as :meth:`DetectOverlays.find` gives them; ``None``: the
+            clusters of the mask (runs of rows, then of columns, less than ``2 * margin + 1`` apart), widened by
+            ``margin``.
     """
-    m = convert_to_tensor(mask, track_meta=False).numpy().astype(bool, copy=False)
-    m = m.reshape(m.shape[-2:])
-    if not m.any():  # the common case: nothing to fill, no copy
+    m = mask if isinstance(mask, np.ndarray) else convert_to_tensor(mask, track_meta=False).numpy()
+    m = m.astype(bool, copy=False).reshape(m.shape[-2:])
+    if boxes is None:
+        boxes = _mark_boxes(m, margin)
+    if not boxes:  # the common case: nothing to fill, no copy
         return img
-    if m.all():
+    if _all(m, axis=None):
         raise ValueError("inpaint: the mask covers the whole image; nothing to fill it from.")
     x = np.array(convert_to_tensor(img, track_meta=False).numpy(), dtype=np.float32)  # a copy, filled in place
-    busy = np.nonzero(m.any(1))[0]
-    # marks far apart in rows (a caption at the bottom, calipers in the middle) are filled in their own boxes
-    for run in np.split(busy, np.nonzero(np.diff(busy) > 2 * radius + 1)[0] + 1):
-        todo = np.zeros_like(m)
-        todo[run[0] : run[-1] + 1] = m[run[0] : run[-1] + 1]
-        _fill(x, m, todo, radius)
+    for y0, y1, x0, x1 in boxes:
+        box, marks = x[:, y0:y1, x0:x1], m[y0:y1, x0:x1]
+        known = box[:, ~marks]
+        if known.shape[1] == 0:
+            known = x[:, ~m]
+        box[:, marks] = (_add(known, axis=1) / known.shape[1])[:, None]
+    if isinstance(img, MetaTensor):  # a shallow copy of the metadata: convert_to_dst_type's deep copy costs more
+        return MetaTensor(torch.from_numpy(x), meta=dict(img.meta), applied_operations=list(img.applied_operations))
     return convert_to_dst_type(torch.from_numpy(x), img, dtype=torch.float32)[0]
 
 
@@ -329,23 +528,25 @@ class MaskOverlays(Transform):
 
     Args:
         mode: ``"inpaint"`` or ``"zero"``.
-        radius: the inpainting window radius in pixels.
+        margin: how far the inpainting boxes reach beyond the marks, in pixels (see :func:`inpaint`).
         kwargs: :py:class:`DetectOverlays`' settings.
     """
 
     backend = DetectOverlays.backend
 
-    def __init__(self, mode: str = "inpaint", radius: int = 3, **kwargs) -> None:
+    def __init__(self, mode: str = "inpaint", margin: int = 3, **kwargs) -> None:
         if mode not in ("inpaint", "zero"):
             raise ValueError(f"mode must be 'inpaint' or 'zero', got '{mode}'.")
-        self.mode, self.radius = mode, radius
+        self.mode, self.margin = mode, margin
         self.detector = DetectOverlays(**kwargs)
 
-    def __call__(self, img: NdarrayOrTensor, mask: NdarrayOrTensor | None = None) -> NdarrayOrTensor:
-        """The image without overlays; ``mask`` (default: detected) marks them."""
-        mask = self.detector(img) if mask is None else mask
+    def __call__(self, img: NdarrayOrTensor, mask: NdarrayOrTensor | None = None,
+                 boxes: Sequence[tuple[int, int, int, int]] | None = None) -> NdarrayOrTensor:
+        """The image without overlays; ``mask`` (default: detected, with its boxes) marks them."""
+        if mask is None:
+            mask, boxes = self.detector.find(img)
         if self.mode == "inpaint":
-            return inpaint(img, mask, self.radius)
+            return inpaint(img, mask, self.margin, boxes)
         out = convert_to_tensor(img, track_meta=get_track_meta()).clone()
         out[:, convert_to_tensor(mask, track_meta=False).bool().reshape(out.shape[-2:])] = 0
         return out
@@ -379,9 +580,9 @@ class MaskOverlaysd(MapTransform):
         d = dict(data)
         keys = list(self.key_iterator(d))
         for key in keys:
-            mask = self.masker.detector.mask(d[key])
-            if self.mode != "detect":
-                d[key] = self.masker(d[key], mask)
+            mask, boxes = self.masker.detector.find(d[key])
+            if self.mode != "detect" and boxes:
+                d[key] = self.masker(d[key], mask, boxes)
             out_key = self.overlay_key if len(keys) == 1 else f"{key}_{self.overlay_key}"
             out = torch.from_numpy(mask.astype(np.float32))[None]
             if self.mask_size is not None and tuple(out.shape[1:]) != self.mask_size:
