@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from conftest import TINY_LDM
 
-from monai_breastlt.bench.speed import bench_sampler
+from monai_breastlt.bench.speed import bench_overlays, bench_sampler
 from monai_breastlt.cli.main import main
 
 
@@ -27,4 +27,11 @@ def test_training_and_sampling_speed_rows():
 def test_overlay_masking_cost_rows(capsys):
     assert main(["bench", "speed", "--parts", "overlays", "--overlay-sources", "64"]) == 0
     out = capsys.readouterr().out
-    assert "(e) preprocessing to 256 px" in out and "| 64 | 48 |" in out
+    assert "(e) preprocessing to 256 px" in out and "| 64 | 48 |" in out and "overlay pixels found" in out
+
+
+def test_overlay_detection_is_scored_against_the_phantoms_exact_marks():
+    (row,) = bench_overlays(256, (128,), n_images=24, repeats=1)
+    assert row["images"] == 24 and 0 <= row["pixel_precision"] <= 1
+    # most burnt-in pixels are found and nearly every marked scan is flagged, far more often than a clean one
+    assert row["pixel_recall"] > 0.6 and row["flagged_marked"] > 0.8 and row["flagged_clean"] < row["flagged_marked"] - 0.4

@@ -191,7 +191,11 @@ def bench_overlays(image_size: int = 256, source_sizes: Sequence[int] = (256, 51
     burnt-in calipers and text (strength 1: half the images carry them). Both pipelines run over the same files,
     alternately, each image timed ``repeats`` times per pipeline (the least counts); ``overhead`` is the extra mean
     time per image over the plain preprocessing. With ``data`` (any source ``data-info`` reads), its first
-    ``n_images`` images are timed as well (``source_px``: ``"data"``)."""
+    ``n_images`` images are timed as well (``source_px``: ``"data"``).
+
+    On the phantom rows the detector is scored too, against the exact overlay pixels (:func:`_overlay_truth`):
+    ``pixel_recall`` and ``pixel_precision`` of its mask over the images with marks, and the shares of images with
+    and without marks that it flags (``flagged_marked``, ``flagged_clean``)."""
     import tempfile
 
     from monai_breastlt.data import generate_phantom, load_datalist_file
@@ -208,6 +212,8 @@ def bench_overlays(image_size: int = 256, source_sizes: Sequence[int] = (256, 51
                 per_class = max(1, n_images // 6)
                 doc = load_datalist_file(generate_phantom(tmp, counts=[per_class] * 6, image_size=source, seed=seed, overlay_strength=1.0))
                 files = [i["image"] for s in ("training", "validation", "test") for i in doc[s]]
+                clean = load_datalist_file(generate_phantom(f"{tmp}/clean", counts=[per_class] * 6, image_size=source, seed=seed))
+                quality = _detection_quality(files, [i["image"] for s in ("training", "validation", "test") for i in clean[s]])
             pipes = {"plain": ultrasound_preprocessing(image_size, mask_key=None),
                      "masked": ultrasound_preprocessing(image_size, mask_key=None, mask_overlays=True)}
             # per image, the least of `repeats` timings of each pipeline, interleaved: a busy machine's bursts of load
@@ -219,5 +225,34 @@ def bench_overlays(image_size: int = 256, source_sizes: Sequence[int] = (256, 51
                         best[name][k] = min(best[name][k], _best_of(lambda: pipe({"image": f}), 1))
         t_plain, t_masked = float(best["plain"].mean()), float(best["masked"].mean())
         rows.append({"source_px": source, "image_size": image_size, "images": len(files), "plain_ms": 1000 * t_plain,
-                     "masked_ms": 1000 * t_masked, "overhead": (t_masked - t_plain) / t_plain})
+                     "masked_ms": 1000 * t_masked, "overhead": (t_masked - t_plain) / t_plain,
+                     **(quality if source != "data" else {})})
     return rows
+
+
+def _overlay_truth(marked: str, clean: str) -> np.ndarray:
+    """The exact overlay pixels of a phantom scan: where it differs from the same scan written without overlays (the
+    phantom draws its lesions from a stream that overlays do not touch)."""
+    from PIL import Image
+
+    return np.asarray(Image.open(marked), np.int16) != np.asarray(Image.open(clean), np.int16)
+
+
+def _detection_quality(marked_files: Sequence[str], clean_files: Sequence[str]) -> dict:
+    """``DetectOverlays`` against the exact overlay pixels of phantom scans (same order in both lists)."""
+    from PIL import Image
+
+    from monai_breastlt.transforms import DetectOverlays
+
+    detect = DetectOverlays()
+    hit = truth_px = found_px = 0
+    flagged = {True: [], False: []}
+    for marked, clean in zip(marked_files, clean_files):
+        truth = _overlay_truth(marked, clean)
+        found = detect.mask(np.asarray(Image.open(marked), np.float32)[None] / 255.0)
+        if truth.any():
+            hit, truth_px, found_px = hit + np.count_nonzero(found & truth), truth_px + np.count_nonzero(truth), found_px + np.count_nonzero(found)
+        flagged[bool(truth.any())].append(bool(found.any()))
+    return {"pixel_recall": hit / max(truth_px, 1), "pixel_precision": hit / max(found_px, 1),
+            "flagged_marked": float(np.mean(flagged[True])) if flagged[True] else float("nan"),
+            "flagged_clean": float(np.mean(flagged[False])) if flagged[False] else float("nan")}
