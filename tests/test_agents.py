@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from monai_breastlt.rl import ClassAgents, MultiAgentRatioPolicy, ToyRatioProcess
+from monai_breastlt.rl import ClassAgents, MultiAgentRatioPolicy, ToyRatioProcess, build_ratio_policy
 
 COUNTS = [200, 90, 40, 20, 9, 4]
 
@@ -47,6 +47,27 @@ def test_online_updates_save_and_load(tmp_path):
     policy.deterministic = True
     assert np.array_equal(policy.act(obs), other.act(obs))
     assert np.allclose(other.ratios, policy.ratios) and other.num_updates == 2
+
+
+def _policy_shift(policy) -> float:
+    """How far five validations (two PPO updates of 2 steps x 6 agents) move the shared policy's weights."""
+    policy.reset(COUNTS, 0.2)
+    before = [p.detach().clone() for p in policy.model.policy.parameters()]
+    proc = ToyRatioProcess(COUNTS, seed=0)
+    report = proc.reset()
+    for epoch in range(1, 6):
+        report = proc.step(policy.update(report, epoch / 5))
+    assert policy.num_updates == 2
+    return float(sum((p.detach() - b).abs().sum() for p, b in zip(policy.model.policy.parameters(), before)))
+
+
+def test_ppo_settings_reach_the_agents_and_set_how_far_their_few_updates_move_them():
+    """A run gives the agents a few updates of few samples: at the default step size they barely move the policy, and
+    the bundle's ``ppo_learning_rate`` / ``ppo_epochs`` are what lets them move it further."""
+    fast = build_ratio_policy("rl", n_steps=2, seed=1, ppo_learning_rate=3e-3, ppo_epochs=20)
+    assert fast.ppo_kwargs["learning_rate"] == 3e-3 and fast.ppo_kwargs["n_epochs"] == 20
+    assert _policy_shift(fast) > 10 * _policy_shift(build_ratio_policy("rl", n_steps=2, seed=1))
+    assert build_ratio_policy("heuristic", ppo_learning_rate=3e-3, ppo_epochs=20).update is not None  # ignored there
 
 
 def test_state_dict_resumes_learning_exactly(tmp_path):

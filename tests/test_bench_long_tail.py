@@ -11,6 +11,7 @@ import torch
 from monai_breastlt.bench.long_tail import (
     ARMS,
     LongTailBenchmark,
+    arm_options,
     compare_to_baselines,
     format_markdown,
     summarize_runs,
@@ -74,6 +75,13 @@ def test_prepare_benchmark_data_subsamples_training_only(tiny_phantom, tmp_path)
     assert prepare_benchmark_data(tiny_phantom, tmp_path, imbalance_ratio=12) == path  # reused
     with pytest.raises(ValueError, match="made with"):
         prepare_benchmark_data(tiny_phantom, tmp_path, imbalance_ratio=5)
+
+
+def test_agent_modifiers_set_the_bundle_keys_and_need_agents():
+    opts = arm_options("syn_rl+lr+smooth")
+    assert (opts["ppo_learning_rate"], opts["ppo_epochs"], opts["reward_smoothing"]) == (3e-3, 20, 0.7)
+    with pytest.raises(ValueError, match=r"'\+lr' applies to rl arms only, not to 'syn_heuristic'"):
+        arm_options("syn_heuristic+lr")
 
 
 def test_bench_lt_refuses_bad_arms_and_missing_pool(tiny_phantom, tmp_path):

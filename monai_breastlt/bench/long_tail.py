@@ -56,9 +56,11 @@ MODIFIERS: dict[str, dict] = {
     "xc": {"pool": "xc", "needs": "synthetic"},  # the pool made with cross-class sketches (filtered)
     "w": {"synthetic_weight": 0.5, "needs": "synthetic"},  # synthetic items count half in the loss
     "smooth": {"reward_smoothing": 0.7, "needs": "rl"},  # agents see and are rewarded by moving averages
+    "lr": {"ppo_learning_rate": 3e-3, "ppo_epochs": 20, "needs": "rl"},  # PPO updates that move the policy
     "freq": {"decide_every": 1, "needs": "adaptive"},  # the policy acts at every validation, not once an epoch
     "crt": {"crt": True, "needs": None},  # then a real-only, class-balanced re-training of the classifier layer
 }
+RL_SETTINGS = ("reward_smoothing", "ppo_learning_rate", "ppo_epochs")  # bundle keys of the modifiers for the agents
 METRICS = ("macro_f1", "balanced_accuracy", "g_mean", "head_recall", "medium_recall", "tail_recall", "accuracy")
 
 
@@ -376,12 +378,12 @@ class LongTailBenchmark:
         if opts.get("crt"):  # the stage-1 arm's settings, re-training on class-balanced real data with plain CE
             common = {**self._common(opts["stage1"], seed), "output_dir": str(self.run_dir(arm, seed)), "pool": None,
                       "policy_name": "none", "sampler_target": "balanced", "loss_name": "ce"}
-            for key in ("decide_every", "synthetic_weight", "reward_smoothing", "policy_model_path"):
+            for key in ("decide_every", "synthetic_weight", *RL_SETTINGS, "policy_model_path"):
                 common.pop(key, None)
             return common
         extra = {"policy_model_path": str(self.pretrained_policy(seed))} if opts.get("pretrain") else {}
         pool = self.pools.get(opts.get("pool", "default")) if opts.get("synthetic") else None
-        settings = {k: opts[k] for k in ("synthetic_weight", "reward_smoothing") if k in opts}
+        settings = {k: opts[k] for k in ("synthetic_weight", *RL_SETTINGS) if k in opts}
         return {
             **extra, **settings, **self._schedule(opts),
             "dataset_dir": str(self.out), "datalist": str(self.datalist), "output_dir": str(self.run_dir(arm, seed)),
