@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from scipy import ndimage
 
 from monai_breastlt.data import generate_phantom, load_datalist_file, render_phantom
 from monai_breastlt.data.overlays import burn_overlays
@@ -162,3 +163,24 @@ def test_mask_overlays_dict_and_preprocessing_write_the_overlay_key(tmp_path):
     assert out["overlay"].shape == (1, 64, 64) and out["overlay"].sum() > 0
     with pytest.raises(ValueError, match="whole image"):
         inpaint(torch.ones(1, 4, 4), torch.ones(1, 4, 4, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_marks_blurred_below_white_are_found_by_shape_and_a_bright_tissue_line_is_not(seed):
+    """Public scans were resampled after their marks were burnt in: calipers and text end below the display's white,
+    under a specular tissue line that is the brightest thing in the image. The marks are still found by their shape;
+    the line, horizontal and wide, is not taken for one."""
+    rng = np.random.default_rng(seed)
+    noise = ndimage.gaussian_filter(rng.uniform(0, 1, (256, 256)), (0.7, 2.0))  # speckle, blurred sideways
+    img = (0.18 + 0.36 * (noise - noise.min()) / (noise.max() - noise.min())).astype(np.float32)
+    yy, xx = np.mgrid[0:256, 0:256]
+    lesion = np.hypot(yy - 150, xx - 120) < 30
+    img[lesion] = 0.07
+    marked, truth = burn_overlays(img, lesion, rng)
+    marked[60:66, 20:236] = 1.0
+    blurred = ndimage.gaussian_filter(marked, 1.0).astype(np.float32)
+    blurred /= blurred.max()
+    assert blurred[truth].max() < 0.95  # below the white a scanner burns marks in at
+    found = DetectOverlays().mask(blurred[None])
+    assert (found & truth).sum() > 0.85 * truth.sum()
+    assert not found[56:70].any()
