@@ -63,11 +63,11 @@ def _policy_shift(policy) -> float:
 
 def test_ppo_settings_reach_the_agents_and_set_how_far_their_few_updates_move_them():
     """A run gives the agents a few updates of few samples: at the default step size they barely move the policy, and
-    the bundle's ``ppo_learning_rate`` / ``ppo_epochs`` are what lets them move it further."""
-    fast = build_ratio_policy("rl", n_steps=2, seed=1, ppo_learning_rate=3e-3, ppo_epochs=20)
+    the bundle's ``ppo_learning_rate`` / ``ppo_n_epochs`` are what lets them move it further."""
+    fast = build_ratio_policy("rl", n_steps=2, seed=1, ppo_learning_rate=3e-3, ppo_n_epochs=20)
     assert fast.ppo_kwargs["learning_rate"] == 3e-3 and fast.ppo_kwargs["n_epochs"] == 20
     assert _policy_shift(fast) > 10 * _policy_shift(build_ratio_policy("rl", n_steps=2, seed=1))
-    assert build_ratio_policy("heuristic", ppo_learning_rate=3e-3, ppo_epochs=20).update is not None  # ignored there
+    assert build_ratio_policy("heuristic", ppo_learning_rate=3e-3, ppo_n_epochs=20).update is not None  # ignored there
 
 
 def test_state_dict_resumes_learning_exactly(tmp_path):

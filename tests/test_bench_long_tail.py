@@ -79,7 +79,7 @@ def test_prepare_benchmark_data_subsamples_training_only(tiny_phantom, tmp_path)
 
 def test_agent_modifiers_set_the_bundle_keys_and_need_agents():
     opts = arm_options("syn_rl+lr+smooth")
-    assert (opts["ppo_learning_rate"], opts["ppo_epochs"], opts["reward_smoothing"]) == (3e-3, 20, 0.7)
+    assert (opts["ppo_learning_rate"], opts["ppo_n_epochs"], opts["reward_smoothing"]) == (3e-3, 20, 0.7)
     with pytest.raises(ValueError, match=r"'\+lr' applies to rl arms only, not to 'syn_heuristic'"):
         arm_options("syn_heuristic+lr")
 

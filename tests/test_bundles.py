@@ -156,7 +156,7 @@ def test_classification_bundle_phase2_options(tiny_phantom, tmp_path):
     out = tmp_path / "cls"
     run_bundle(CLS, ["train.yaml"], dataset_dir=str(tiny_phantom.parent), pool=str(pool), output_dir=str(out), max_epochs=2,
                image_size=32, batch_size=8, epoch_size=32, policy_name="rl", ppo_n_steps=2, val_every_iterations=2,
-               reward_smoothing=0.5, synthetic_weight=0.5, ppo_learning_rate=3e-3, ppo_epochs=2)
+               reward_smoothing=0.5, synthetic_weight=0.5, ppo_learning_rate=3e-3, ppo_n_epochs=2)
     history = json.loads((out / "val_report.json").read_text())["ratio_history"]
     assert [h["iteration"] for h in history] == [2, 4, 6, 8]  # 4 iterations an epoch, 2 epochs: 4 decisions
     out2 = tmp_path / "cls_epochwise"

@@ -56,11 +56,11 @@ MODIFIERS: dict[str, dict] = {
     "xc": {"pool": "xc", "needs": "synthetic"},  # the pool made with cross-class sketches (filtered)
     "w": {"synthetic_weight": 0.5, "needs": "synthetic"},  # synthetic items count half in the loss
     "smooth": {"reward_smoothing": 0.7, "needs": "rl"},  # agents see and are rewarded by moving averages
-    "lr": {"ppo_learning_rate": 3e-3, "ppo_epochs": 20, "needs": "rl"},  # PPO updates that move the policy
+    "lr": {"ppo_learning_rate": 3e-3, "ppo_n_epochs": 20, "needs": "rl"},  # PPO updates that move the policy
     "freq": {"decide_every": 1, "needs": "adaptive"},  # the policy acts at every validation, not once an epoch
     "crt": {"crt": True, "needs": None},  # then a real-only, class-balanced re-training of the classifier layer
 }
-RL_SETTINGS = ("reward_smoothing", "ppo_learning_rate", "ppo_epochs")  # bundle keys of the modifiers for the agents
+RL_SETTINGS = ("reward_smoothing", "ppo_learning_rate", "ppo_n_epochs")  # bundle keys of the modifiers for the agents
 METRICS = ("macro_f1", "balanced_accuracy", "g_mean", "head_recall", "medium_recall", "tail_recall", "accuracy")
 
 

@@ -20,7 +20,7 @@ def build_ratio_policy(
     model_path: str | None = None,
     reward_smoothing: float = 0.0,
     ppo_learning_rate: float = 3e-4,
-    ppo_epochs: int = 4,
+    ppo_n_epochs: int = 4,
     **kwargs,
 ) -> RatioPolicy:
     """
@@ -36,12 +36,12 @@ def build_ratio_policy(
         reward_smoothing: moving-average weight of the validation figures the agents see and are rewarded by
             (``"rl"``; see :class:`~monai_breastlt.rl.ClassAgents`).
         ppo_learning_rate: PPO's learning rate (``"rl"``).
-        ppo_epochs: PPO's passes over the samples of each update (``"rl"``).
+        ppo_n_epochs: PPO's passes over the samples of each update (``"rl"``).
         kwargs: further arguments of the chosen class.
     """
     if name == "rl":
         agent_kwargs = {**kwargs.pop("agent_kwargs", {}), "smoothing": reward_smoothing}
-        ppo_kwargs = {**kwargs.pop("ppo_kwargs", {}), "learning_rate": ppo_learning_rate, "n_epochs": ppo_epochs}
+        ppo_kwargs = {**kwargs.pop("ppo_kwargs", {}), "learning_rate": ppo_learning_rate, "n_epochs": ppo_n_epochs}
         return MultiAgentRatioPolicy(step=step, max_ratio=max_ratio, n_steps=n_steps, seed=seed, model_path=model_path,
                                      agent_kwargs=agent_kwargs, ppo_kwargs=ppo_kwargs, **kwargs)
     if name == "heuristic":
