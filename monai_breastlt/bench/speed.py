@@ -193,27 +193,23 @@ def bench_overlays(image_size: int = 256, source_sizes: Sequence[int] = (256, 51
     time per image over the plain preprocessing. With ``data`` (any source ``data-info`` reads), its first
     ``n_images`` images are timed as well (``source_px``: ``"data"``).
 
-    On the phantom rows the detector is scored too, against the exact overlay pixels (:func:`_overlay_truth`):
+    On the phantom rows the detector is scored too, against the exact overlay pixels (:func:`_detection_quality`):
     ``pixel_recall`` and ``pixel_precision`` of its mask over the images with marks, and the shares of images with
     and without marks that it flags (``flagged_marked``, ``flagged_clean``)."""
     import tempfile
 
-    from monai_breastlt.data import generate_phantom, load_datalist_file
-    from monai_breastlt.transforms import ultrasound_preprocessing
-
     from monai_breastlt.data import read_any_source
+    from monai_breastlt.transforms import ultrasound_preprocessing
 
     rows = []
     for source in [*source_sizes, *(["data"] if data else [])]:
         with tempfile.TemporaryDirectory() as tmp:
             if source == "data":
                 files = [i["image"] for v in read_any_source(data)[0].values() for i in v][:n_images]
+                quality = {}  # no ground truth for a data set's marks
             else:
-                per_class = max(1, n_images // 6)
-                doc = load_datalist_file(generate_phantom(tmp, counts=[per_class] * 6, image_size=source, seed=seed, overlay_strength=1.0))
-                files = [i["image"] for s in ("training", "validation", "test") for i in doc[s]]
-                clean = load_datalist_file(generate_phantom(f"{tmp}/clean", counts=[per_class] * 6, image_size=source, seed=seed))
-                quality = _detection_quality(files, [i["image"] for s in ("training", "validation", "test") for i in clean[s]])
+                files = _phantom_files(tmp, n_images, source, seed, overlay_strength=1.0)
+                quality = _detection_quality(files, _phantom_files(f"{tmp}/clean", n_images, source, seed))
             pipes = {"plain": ultrasound_preprocessing(image_size, mask_key=None),
                      "masked": ultrasound_preprocessing(image_size, mask_key=None, mask_overlays=True)}
             # per image, the least of `repeats` timings of each pipeline, interleaved: a busy machine's bursts of load
@@ -226,20 +222,22 @@ def bench_overlays(image_size: int = 256, source_sizes: Sequence[int] = (256, 51
         t_plain, t_masked = float(best["plain"].mean()), float(best["masked"].mean())
         rows.append({"source_px": source, "image_size": image_size, "images": len(files), "plain_ms": 1000 * t_plain,
                      "masked_ms": 1000 * t_masked, "overhead": (t_masked - t_plain) / t_plain,
-                     **(quality if source != "data" else {})})
+                     **quality})
     return rows
 
 
-def _overlay_truth(marked: str, clean: str) -> np.ndarray:
-    """The exact overlay pixels of a phantom scan: where it differs from the same scan written without overlays (the
-    phantom draws its lesions from a stream that overlays do not touch)."""
-    from PIL import Image
+def _phantom_files(folder: str, n_images: int, image_size: int, seed: int, **overlays) -> list[str]:
+    """The image files of a six-subtype phantom of about ``n_images`` images (``overlays``: ``generate_phantom``'s)."""
+    from monai_breastlt.data import SECTIONS, generate_phantom, load_datalist_file
 
-    return np.asarray(Image.open(marked), np.int16) != np.asarray(Image.open(clean), np.int16)
+    doc = load_datalist_file(generate_phantom(folder, counts=[max(1, n_images // 6)] * 6, image_size=image_size, seed=seed, **overlays))
+    return [i["image"] for s in SECTIONS for i in doc[s]]
 
 
 def _detection_quality(marked_files: Sequence[str], clean_files: Sequence[str]) -> dict:
-    """``DetectOverlays`` against the exact overlay pixels of phantom scans (same order in both lists)."""
+    """``DetectOverlays`` against the exact overlay pixels of phantom scans: where a scan differs from the same scan
+    written without overlays (same order in both lists; the phantom draws its lesions from a stream that overlays do
+    not touch)."""
     from PIL import Image
 
     from monai_breastlt.transforms import DetectOverlays
@@ -248,8 +246,9 @@ def _detection_quality(marked_files: Sequence[str], clean_files: Sequence[str]) 
     hit = truth_px = found_px = 0
     flagged = {True: [], False: []}
     for marked, clean in zip(marked_files, clean_files):
-        truth = _overlay_truth(marked, clean)
-        found = detect.mask(np.asarray(Image.open(marked), np.float32)[None] / 255.0)
+        img = np.asarray(Image.open(marked), np.float32)
+        truth = img != np.asarray(Image.open(clean), np.float32)
+        found = detect.mask(img[None] / 255.0)
         if truth.any():
             hit, truth_px, found_px = hit + np.count_nonzero(found & truth), truth_px + np.count_nonzero(truth), found_px + np.count_nonzero(found)
         flagged[bool(truth.any())].append(bool(found.any()))

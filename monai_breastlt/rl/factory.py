@@ -19,8 +19,8 @@ def build_ratio_policy(
     seed: int = 0,
     model_path: str | None = None,
     reward_smoothing: float = 0.0,
-    ppo_learning_rate: float = 3e-4,
-    ppo_n_epochs: int = 4,
+    ppo_learning_rate: float | None = None,
+    ppo_n_epochs: int | None = None,
     **kwargs,
 ) -> RatioPolicy:
     """
@@ -35,13 +35,14 @@ def build_ratio_policy(
         model_path: a pre-trained PPO policy (``"rl"``).
         reward_smoothing: moving-average weight of the validation figures the agents see and are rewarded by
             (``"rl"``; see :class:`~monai_breastlt.rl.ClassAgents`).
-        ppo_learning_rate: PPO's learning rate (``"rl"``).
-        ppo_n_epochs: PPO's passes over the samples of each update (``"rl"``).
+        ppo_learning_rate: PPO's learning rate (``"rl"``; ``None``: the agents' default).
+        ppo_n_epochs: PPO's passes over the samples of each update (``"rl"``; ``None``: the agents' default).
         kwargs: further arguments of the chosen class.
     """
     if name == "rl":
         agent_kwargs = {**kwargs.pop("agent_kwargs", {}), "smoothing": reward_smoothing}
-        ppo_kwargs = {**kwargs.pop("ppo_kwargs", {}), "learning_rate": ppo_learning_rate, "n_epochs": ppo_n_epochs}
+        chosen = {"learning_rate": ppo_learning_rate, "n_epochs": ppo_n_epochs}
+        ppo_kwargs = {**kwargs.pop("ppo_kwargs", {}), **{k: v for k, v in chosen.items() if v is not None}}
         return MultiAgentRatioPolicy(step=step, max_ratio=max_ratio, n_steps=n_steps, seed=seed, model_path=model_path,
                                      agent_kwargs=agent_kwargs, ppo_kwargs=ppo_kwargs, **kwargs)
     if name == "heuristic":

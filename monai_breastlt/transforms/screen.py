@@ -165,9 +165,6 @@ class CropScanAread(MapTransform):
         return d
 
 
-
-
-
 STROKE, TALL, CROSS = 0, 1, 2  # the kinds of candidate points of DetectOverlays
 # Hot-path note: marks are looked for in every image a pipeline loads, so the code below sticks to ufuncs, their
 # reduce methods and indexing: numpy's Python-level wrappers (ndarray.max/sum/any, np.clip, np.unique) and scipy's
