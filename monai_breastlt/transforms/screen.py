@@ -4,7 +4,9 @@ checks that ``data-info`` runs first (colour Doppler, split-screen dual views, n
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
@@ -185,6 +187,7 @@ def _side_max(g: np.ndarray, d: int, edge: int) -> np.ndarray:
     return side
 
 
+@functools.lru_cache(maxsize=16)
 def _cross_offsets(d: int, w: int) -> np.ndarray:
     """Flat offsets ``(arm pixels, 3)`` from a + centre of its arm pixels (but the left one, tested first, and the
     upper arm) and of their two neighbours ``d`` away across the arm, in an image ``w`` wide."""
@@ -224,6 +227,21 @@ def _grow(m: np.ndarray) -> np.ndarray:
     return out
 
 
+Box = tuple[int, int, int, int]  # (top, bottom, left, right)
+
+
+def _grow_in(m: np.ndarray, boxes: list[Box]) -> tuple[np.ndarray, list[Box]]:
+    """:func:`_grow` of a mask whose pixels all lie in ``boxes`` ``(top, bottom, left, right)``, computed on the
+    region that holds them only (marks cover little of an image), and the boxes grown by one pixel."""
+    h, w = m.shape
+    boxes = [(max(y0 - 1, 0), min(y1 + 1, h), max(x0 - 1, 0), min(x1 + 1, w)) for y0, y1, x0, x1 in boxes]
+    y0, y1 = min(b[0] for b in boxes), max(b[1] for b in boxes)
+    x0, x1 = min(b[2] for b in boxes), max(b[3] for b in boxes)
+    out = m.copy()
+    out[y0:y1, x0:x1] = _grow(m[y0:y1, x0:x1])  # nothing to grow beyond the grown boxes
+    return out, boxes
+
+
 def _run_ids(index: np.ndarray, gap: int) -> np.ndarray:
     """For sorted indices, the number of the run each belongs to (runs: steps of at most ``gap``)."""
     ids = np.zeros(len(index), np.intp)
@@ -237,13 +255,17 @@ def _dotted_line(g: np.ndarray, a: tuple[int, int], b: tuple[int, int], d: int) 
     (all of it in the image)."""
     h, w = g.shape
     (ya, xa), (yb, xb) = a, b
-    length = float(np.hypot(yb - ya, xb - xa))
+    length = math.hypot(yb - ya, xb - xa)
     t = np.arange(4, max(int(length) - 3, 5)) / length
-    ny, nx = (xb - xa) / length, -(yb - ya) / length  # the unit normal
+    # rows and columns of every point, (2, shift, sample, points): samples on the line and d pixels to either side
+    start, step = np.array([ya, xa], np.float64), np.array([yb - ya, xb - xa], np.float64)
+    normal = np.array([xb - xa, ya - yb], np.float64) / length
     across = np.array([-1, 0, 1])[:, None, None] + np.array([0, d, -d])[None, :, None]  # (shift, sample, 1)
-    py = np.minimum(np.maximum(np.rint(ya + t * (yb - ya) + across * ny), 0), h - 1).astype(np.intp)
-    px = np.minimum(np.maximum(np.rint(xa + t * (xb - xa) + across * nx), 0), w - 1).astype(np.intp)
-    v = g[py, px]  # (shift, sample, points)
+    p = np.rint((start[:, None, None, None] + t * step[:, None, None, None]) + across * normal[:, None, None, None])
+    np.clip(p[0], 0, h - 1, out=p[0])
+    np.clip(p[1], 0, w - 1, out=p[1])
+    py, px = p.astype(np.intp)
+    v = g.ravel()[py * w + px]
     shares = _add(v[:, 0] > np.maximum(v[:, 1], v[:, 2]), axis=1) / len(t)
     best = int(shares.argmax())
     return float(shares[best]), py[best, 0], px[best, 0]
@@ -448,11 +470,8 @@ class DetectOverlays(Transform):
                 mask |= marks
                 rows, cols = _bbox(marks)
                 boxes.append((rows.start, rows.stop, cols.start, cols.stop))
-        if boxes:
-            for _ in range(self.dilate):
-                mask = _grow(mask)
-            e, (h, w) = self.dilate, mask.shape
-            boxes = [(max(y0 - e, 0), min(y1 + e, h), max(x0 - e, 0), min(x1 + e, w)) for y0, y1, x0, x1 in boxes]
+        for _ in range(self.dilate if boxes else 0):
+            mask, boxes = _grow_in(mask, boxes)
         return mask, boxes
 
     def mask(self, img: NdarrayOrTensor) -> np.ndarray:
@@ -483,12 +502,28 @@ def _mark_boxes(m: np.ndarray, margin: int) -> list[tuple[int, int, int, int]]:
     return boxes
 
 
+def _clean_neighbour(m: np.ndarray, box: tuple[int, int, int, int], marks: np.ndarray) -> tuple[int, int] | None:
+    """The top-left corner of the nearest box of the same size beside ``box`` (left or right first: the same depth,
+    so the same attenuation; then above or below), inside the image, whose pixels at ``marks`` are not masked."""
+    h, w = m.shape
+    y0, y1, x0, x1 = box
+    bh, bw = y1 - y0, x1 - x0
+    for sy, sx in ((y0, x0 - bw), (y0, x1), (y0 - bh, x0), (y1, x0)):
+        if 0 <= sy <= h - bh and 0 <= sx <= w - bw and not _any(m[sy : sy + bh, sx : sx + bw][marks], axis=None):
+            return sy, sx
+    return None
+
+
 def inpaint(img: NdarrayOrTensor, mask: NdarrayOrTensor, margin: int = 3,
             boxes: Sequence[tuple[int, int, int, int]] | None = None) -> NdarrayOrTensor:
-    """Fill the masked pixels of a channel-first image from the unmasked pixels around them.
+    """Fill the masked pixels of a channel-first image with the tissue beside them.
 
-    Marks are small and few: in each box around a cluster of them, the masked pixels take the mean of the box's
-    unmasked pixels (per channel; the mean of all unmasked pixels for a box that has none).
+    Marks are small and few. In each box around a cluster of them, the masked pixels take the pixels at the same
+    places in the nearest box of the same size beside it whose pixels there are not masked (left or right first,
+    then above or below), so the fill has the speckle of the tissue around rather than one flat value. Where no such
+    box fits, they take the mean of the box's unmasked pixels (per channel; of all unmasked pixels for a box that has
+    none). No fill is the tissue that was under a mark: where marks follow the class (calipers on the lesion's
+    border), a classifier can still learn where they were (docs/shortcuts.md in the repository).
 
     Args:
         img: ``(C, H, W)``.
@@ -509,13 +544,27 @@ def inpaint(img: NdarrayOrTensor, mask: NdarrayOrTensor, margin: int = 3,
     x = np.array(convert_to_tensor(img, track_meta=False).numpy(), dtype=np.float32)  # a copy, filled in place
     for y0, y1, x0, x1 in boxes:
         box, marks = x[:, y0:y1, x0:x1], m[y0:y1, x0:x1]
+        source = _clean_neighbour(m, (y0, y1, x0, x1), marks)
+        if source is not None:
+            sy, sx = source
+            box[:, marks] = x[:, sy : sy + y1 - y0, sx : sx + x1 - x0][:, marks]
+            continue
         known = box[:, ~marks]
         if known.shape[1] == 0:
             known = x[:, ~m]
         box[:, marks] = (_add(known, axis=1) / known.shape[1])[:, None]
-    if isinstance(img, MetaTensor):  # a shallow copy of the metadata: convert_to_dst_type's deep copy costs more
-        return MetaTensor(torch.from_numpy(x), meta=dict(img.meta), applied_operations=list(img.applied_operations))
+    if isinstance(img, MetaTensor):
+        return _with_meta_of(torch.from_numpy(x), img)
     return convert_to_dst_type(torch.from_numpy(x), img, dtype=torch.float32)[0]
+
+
+def _with_meta_of(x: torch.Tensor, img: MetaTensor) -> MetaTensor:
+    """``x`` as a MetaTensor with a shallow copy of ``img``'s metadata and operations. The ``MetaTensor``
+    constructor and ``convert_to_dst_type`` rebuild the affine and deep-copy, which costs more than the inpainting."""
+    out = x.as_subclass(MetaTensor)
+    out.copy_meta_from(img, copy_attr=False)
+    out.meta, out.applied_operations = dict(img.meta), list(img.applied_operations)
+    return out
 
 
 class MaskOverlays(Transform):
@@ -581,9 +630,13 @@ class MaskOverlaysd(MapTransform):
             if self.mode != "detect" and boxes:
                 d[key] = self.masker(d[key], mask, boxes)
             out_key = self.overlay_key if len(keys) == 1 else f"{key}_{self.overlay_key}"
-            out = torch.from_numpy(mask.astype(np.float32))[None]
-            if self.mask_size is not None and tuple(out.shape[1:]) != self.mask_size:
-                out = F.interpolate(out[None], size=self.mask_size, mode="nearest")[0]
+            size = self.mask_size or mask.shape
+            if not boxes:  # the common case: no mark, nothing to resize
+                out = torch.zeros(1, *size)
+            else:
+                out = torch.from_numpy(mask.astype(np.float32))[None]
+                if tuple(out.shape[1:]) != tuple(size):
+                    out = F.interpolate(out[None], size=size, mode="nearest")[0]
             d[out_key] = out
         return d
 
