@@ -20,7 +20,7 @@ from monai_breastlt.transforms.io import LoadUltrasoundImage
 from monai_breastlt.transforms.preprocess import ultrasound_preprocessing
 from monai_breastlt.transforms.screen import CropScanArea, DetectOverlays, inpaint
 
-__all__ = ["VARIANTS", "overlay_share", "ShortcutAudit", "format_shortcut_table"]
+__all__ = ["VARIANTS", "balanced_accuracy_difference", "overlay_share", "ShortcutAudit", "format_shortcut_table"]
 
 VARIANTS = ("as_is", "masked", "swapped")
 
@@ -38,6 +38,26 @@ def overlay_share(items: Sequence[dict], detector: DetectOverlays | None = None,
     per_class = {c: float(np.mean([f for f, lab in zip(found, labels) if lab == c])) for c in sorted(set(labels))}
     return {"n": len(items), "with_overlays": int(sum(found)), "share": float(np.mean(found)) if found else float("nan"),
             "per_class": per_class}
+
+
+def balanced_accuracy_difference(correct: np.ndarray, reference: np.ndarray, labels: np.ndarray, n_boot: int = 2000,
+                                  seed: int = 0) -> dict:
+    """Balanced accuracy of ``correct`` minus that of ``reference`` (per-image hits of two variants of the same
+    images), with a 95 % percentile interval from resampling the images within each class (paired: the same resample
+    for both, so image difficulty cancels; class sizes fixed, so every class stays in the mean).
+
+    Returns:
+        ``{"difference", "ci95": [low, high]}``, as fractions.
+    """
+    point, boots = [], np.zeros(n_boot)
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    for c in classes:
+        hits = correct[labels == c].astype(float) - reference[labels == c].astype(float)
+        point.append(hits.mean())
+        boots += hits[rng.integers(0, len(hits), (n_boot, len(hits)))].mean(1)
+    boots /= len(classes)
+    return {"difference": float(np.mean(point)), "ci95": np.quantile(boots, [0.025, 0.975]).tolist()}
 
 
 def _paste(img: torch.Tensor, donor: torch.Tensor, donor_mask: torch.Tensor) -> torch.Tensor:
@@ -135,6 +155,8 @@ class ShortcutAudit:
                 report["per_class"][name] = row(labels == c)
         report["overall"]["balanced_accuracy"] = {v: float(np.mean([r[f"accuracy_{v}"] for r in report["per_class"].values()]))
                                                   for v in VARIANTS}
+        report["overall"]["difference_to_as_is"] = {
+            v: balanced_accuracy_difference(correct[v], correct["as_is"], labels, seed=self.seed) for v in VARIANTS[1:]}
         return report
 
 
@@ -147,4 +169,9 @@ def format_shortcut_table(report: dict, title: str = "") -> str:
     for name, r in rows:
         lines.append(f"| {name} | {r['n']} | {100 * r['overlay_share']:.0f} % | " + " | ".join(
             f"{100 * r[f'accuracy_{v}']:.1f}" for v in VARIANTS) + " |")
+    diffs = report["overall"].get("difference_to_as_is")
+    if diffs:
+        lines += ["", "Balanced accuracy against as is (95 % interval, resampling the images within each class): "
+                  + "; ".join(f"{v} {100 * d['difference']:+.1f} [{100 * d['ci95'][0]:+.1f}, {100 * d['ci95'][1]:+.1f}]"
+                              for v, d in diffs.items())]
     return "\n".join(lines)

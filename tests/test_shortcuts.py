@@ -14,7 +14,7 @@ from scipy import ndimage
 
 from monai_breastlt.cli.main import main
 from monai_breastlt.data.overlays import burn_overlays, overlay_probabilities
-from monai_breastlt.shortcuts import ShortcutAudit, format_shortcut_table, overlay_share
+from monai_breastlt.shortcuts import ShortcutAudit, balanced_accuracy_difference, format_shortcut_table, overlay_share
 
 
 class OverlayReader(nn.Module):
@@ -60,10 +60,25 @@ def test_swapping_overlays_exposes_the_shortcut_and_masking_removes_it(marked_it
     masked = ShortcutAudit(OverlayReader(), ["clean", "marked"], image_size=SIZE, mask_overlays=True).audit(marked_items)
     bal = masked["overall"]["balanced_accuracy"]
     assert bal["as_is"] == bal["masked"] == bal["swapped"] == 0.5  # behind the masking transform the marks are gone
+    diff = plain["overall"]["difference_to_as_is"]["swapped"]  # every image flips: -1 with nothing to resample
+    assert diff["difference"] == -1.0 and diff["ci95"] == [-1.0, -1.0]
     table = format_shortcut_table(plain, "plain")
     assert "| marked | 6 | 100 % | 100.0 | 0.0 | 0.0 |" in table
     share = overlay_share(marked_items)
     assert share["with_overlays"] == 6 and share["per_class"] == {0: 0.0, 1: 1.0}
+
+
+def test_balanced_accuracy_difference_interval():
+    labels = np.repeat([0, 1], [40, 10])
+    reference = np.ones(50, bool)
+    correct = reference.copy()
+    correct[[0, 1, 2, 3, 40, 41]] = False  # class 0 loses 10 %, class 1 loses 20 %
+    d = balanced_accuracy_difference(correct, reference, labels, seed=0)
+    assert d["difference"] == pytest.approx(-0.15)
+    low, high = d["ci95"]
+    assert low < -0.15 < high and high < 0  # every resample of the images loses some
+    again = balanced_accuracy_difference(correct, reference, labels, seed=0)
+    assert again == d and balanced_accuracy_difference(correct, reference, labels, seed=1)["ci95"] != d["ci95"]
 
 
 def test_overlay_probabilities():
