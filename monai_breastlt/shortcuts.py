@@ -53,7 +53,8 @@ def balanced_accuracy_difference(correct: np.ndarray, reference: np.ndarray, lab
     rng = np.random.default_rng(seed)
     classes = np.unique(labels)
     for c in classes:
-        hits = correct[labels == c].astype(float) - reference[labels == c].astype(float)
+        sel = labels == c
+        hits = correct[sel].astype(float) - reference[sel].astype(float)
         point.append(hits.mean())
         boots += hits[rng.integers(0, len(hits), (n_boot, len(hits)))].mean(1)
     boots /= len(classes)

@@ -262,8 +262,8 @@ def _dotted_line(g: np.ndarray, a: tuple[int, int], b: tuple[int, int], d: int) 
     normal = np.array([xb - xa, ya - yb], np.float64) / length
     across = np.array([-1, 0, 1])[:, None, None] + np.array([0, d, -d])[None, :, None]  # (shift, sample, 1)
     p = np.rint((start[:, None, None, None] + t * step[:, None, None, None]) + across * normal[:, None, None, None])
-    np.clip(p[0], 0, h - 1, out=p[0])
-    np.clip(p[1], 0, w - 1, out=p[1])
+    for axis, size in enumerate((h, w)):  # ufuncs in place, not np.clip (the hot-path note above)
+        np.minimum(np.maximum(p[axis], 0, out=p[axis]), size - 1, out=p[axis])
     py, px = p.astype(np.intp)
     v = g.ravel()[py * w + px]
     shares = _add(v[:, 0] > np.maximum(v[:, 1], v[:, 2]), axis=1) / len(t)
@@ -502,7 +502,7 @@ def _mark_boxes(m: np.ndarray, margin: int) -> list[tuple[int, int, int, int]]:
     return boxes
 
 
-def _clean_neighbour(m: np.ndarray, box: tuple[int, int, int, int], marks: np.ndarray) -> tuple[int, int] | None:
+def _clean_neighbour(m: np.ndarray, box: Box, marks: np.ndarray) -> tuple[int, int] | None:
     """The top-left corner of the nearest box of the same size beside ``box`` (left or right first: the same depth,
     so the same attenuation; then above or below), inside the image, whose pixels at ``marks`` are not masked."""
     h, w = m.shape
